@@ -1,17 +1,208 @@
-"""INTERIM: routes to the references until the kernels land. Public API is fixed:
-symlog, symexp, twohot, twohot_cross_entropy, lambda_return, set_backend, get_backend."""
-from . import reference as _ref
+"""dreamer_ext's kernels as PyTorch functions.
 
-symlog = _ref.symlog
-symexp = _ref.symexp
-twohot = _ref.twohot
-twohot_cross_entropy = _ref.twohot_cross_entropy
-lambda_return = _ref.lambda_return
+=========================================  =====================================================================
+``symlog(x)``, ``symexp(x)``               elementwise, any shape; differentiable
+``twohot(x, bins)``                        ``x[...]``, strictly increasing ``bins[K]`` -> ``[..., K]``; no gradient
+``twohot_cross_entropy(logits, target,     ``logits[..., K]``, ``target[...]`` -> loss ``[...]``, fused (no two-hot
+bins)``                                    tensor built); differentiable w.r.t. ``logits``
+``lambda_return(reward, cont, value,       time-major ``reward[T, ...]``, ``cont[T, ...]``, ``value[T+1, ...]`` ->
+gamma, lam)``                              ``R[T, ...]``; no gradient (targets)
+=========================================  =====================================================================
+
+float32 and float64 run natively; float16/bfloat16 inputs are computed in float32 and cast back.
+Non-contiguous inputs are copied to contiguous memory first. ``bins`` (and the twohot CE ``target``)
+are cast to the dtype of ``x`` / ``logits``.
+
+Backends: ``"kernels"`` (the compiled C++/CUDA ops registered as ``torch.ops.dreamer_ext.*``) or
+``"reference"`` (the pure-PyTorch twins in :mod:`dreamer_ext.ops.reference`). Pick with
+``set_backend(name)`` or the environment variable ``DREAMER_EXT_BACKEND`` (read at import).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+
+__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "set_backend", "get_backend",
+           "backend_report", "OP_NAMES"]
+
+OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return")
+_BACKENDS = ("kernels", "reference")
+_NATIVE = (torch.float32, torch.float64)
+_UPCAST = (torch.float16, torch.bfloat16)
+
+_kernel_module = None    # dreamer_ext.ops._kernels once loaded
+_kernels_error = None    # why it could not be loaded
+
+
+def _load_kernels():
+    global _kernel_module, _kernels_error
+    if _kernel_module is None and _kernels_error is None:
+        try:
+            from . import _kernels as k
+            _kernel_module = k
+        except ImportError as e:  # the compiled module is missing (e.g. running from a source tree)
+            _kernels_error = e
+    return _kernel_module
 
 
 def set_backend(name: str) -> None:
-    pass
+    """Route every op to ``"kernels"`` (compiled) or ``"reference"`` (pure PyTorch)."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
+    if name == "kernels" and _load_kernels() is None:
+        raise ImportError(f"the compiled kernels (dreamer_ext._C) could not be loaded: {_kernels_error}; "
+                          "install the package with `pip install .` or use backend='reference'")
+    _backend = name
 
 
 def get_backend() -> str:
-    return "reference"
+    """The active backend name: ``"kernels"`` or ``"reference"``."""
+    return _backend
+
+
+_backend = "kernels"
+set_backend(os.environ.get("DREAMER_EXT_BACKEND", "kernels").strip().lower() or "kernels")
+
+
+def backend_report() -> dict:
+    """Which implementation each op uses for CPU and CUDA tensors under the active backend."""
+    if _backend == "reference":
+        return {op: "reference (pure PyTorch)" for op in OP_NAMES}
+    from .. import _C
+    cuda = "CUDA kernel" if _C.has_cuda() else "unavailable (built without CUDA)"
+    return {op: f"CPU: C++ kernel; CUDA: {cuda}" for op in OP_NAMES}
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _NATIVE and t.dtype not in _UPCAST:
+        raise TypeError(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16), got {t.dtype}")
+
+
+def _check_same_device(ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on the same device")
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in _UPCAST else t.dtype
+
+
+_validated_bins: dict = {}
+
+
+def _check_bins(bins, x_name: str, x: torch.Tensor) -> None:
+    _check_tensor("bins", bins)
+    if bins.dim() != 1 or bins.shape[0] < 2:
+        raise ValueError(f"bins must be a 1-D tensor with at least 2 entries, got shape {tuple(bins.shape)}")
+    _check_same_device(x_name, x, "bins", bins)
+    if torch.compiler.is_compiling():
+        return
+    # Monotonicity costs a reduction (and a device sync on CUDA): check each bins tensor once per version.
+    key = (bins.data_ptr(), bins.shape[0], bins.stride(0), bins.dtype, bins.device, bins._version)
+    if key in _validated_bins:
+        return
+    if not bool((bins[1:] > bins[:-1]).all()):
+        raise ValueError("bins must be strictly increasing (and free of NaN)")
+    if len(_validated_bins) > 64:
+        _validated_bins.clear()
+    _validated_bins[key] = True
+
+
+# ---- public ops --------------------------------------------------------------------------------------
+def _unary(op_name: str, x):
+    _check_tensor("x", x)
+    if _backend == "reference":
+        return getattr(reference, op_name)(x)
+    op = getattr(torch.ops.dreamer_ext, op_name)
+    if x.dtype in _UPCAST:
+        return op(x.float()).to(x.dtype)
+    return op(x)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """``sign(x) * log(1 + |x|)`` elementwise. ``x``: any shape. Differentiable."""
+    return _unary("symlog", x)
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """``sign(x) * (exp(|x|) - 1)`` elementwise (inverse of symlog). Differentiable."""
+    return _unary("symexp", x)
+
+
+def twohot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Two-hot weights ``[..., K]`` of ``x[...]`` over strictly increasing ``bins[K]``.
+
+    For ``bins[k] <= x < bins[k+1]``: weight ``(bins[k+1]-x)/(bins[k+1]-bins[k])`` on k, the rest on k+1;
+    ``x <= bins[0]`` puts all weight on bin 0, ``x >= bins[-1]`` on bin K-1; NaN gives a NaN row.
+    Not differentiable (an encoding of targets).
+    """
+    _check_tensor("x", x)
+    _check_bins(bins, "x", x)
+    if _backend == "reference":
+        return reference.twohot(x.detach(), bins.to(x.dtype))
+    dt = _compute_dtype(x)
+    out = torch.ops.dreamer_ext.twohot(x.detach().to(dt), bins.detach().to(dt))
+    return out.to(x.dtype)
+
+
+def twohot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """``-sum_k twohot(target, bins)_k * log_softmax(logits)_k`` -> ``[...]``.
+
+    ``logits[..., K]``, ``target[...]`` (same leading shape), ``bins[K]``. Differentiable w.r.t. ``logits``
+    (gradient ``softmax - twohot``); ``target`` and ``bins`` are treated as constants.
+    """
+    _check_tensor("logits", logits)
+    _check_tensor("target", target)
+    _check_bins(bins, "logits", logits)
+    _check_same_device("logits", logits, "target", target)
+    if logits.dim() < 1 or logits.shape[-1] != bins.shape[0]:
+        raise ValueError(f"logits must have shape [..., K] with K = len(bins) = {bins.shape[0]}, "
+                         f"got {tuple(logits.shape)}")
+    if tuple(target.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"target must have shape {tuple(logits.shape[:-1])} (logits without its last dim), "
+                         f"got {tuple(target.shape)}")
+    if _backend == "reference":
+        return reference.twohot_cross_entropy(logits, target.detach(), bins.to(logits.dtype))
+    dt = _compute_dtype(logits)
+    loss, _ = torch.ops.dreamer_ext.twohot_ce_fwd(logits.to(dt), target.detach().to(dt), bins.detach().to(dt))
+    return loss.to(logits.dtype)
+
+
+def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, gamma: float,
+                  lam: float) -> torch.Tensor:
+    """Time-major λ-returns ``R[T, ...]`` from ``reward[T, ...]``, ``cont[T, ...]``, ``value[T+1, ...]``.
+
+    ``R_t = reward_t + gamma * cont_t * ((1 - lam) * value_{t+1} + lam * R_{t+1})``, ``R_T = value_T``.
+    No gradient flows (the result is a regression target).
+    """
+    for name, t in (("reward", reward), ("cont", cont), ("value", value)):
+        _check_tensor(name, t)
+        _check_same_device("reward", reward, name, t)
+    if reward.dim() < 1:
+        raise ValueError(f"reward must be time-major with at least 1 dim [T, ...], got shape {tuple(reward.shape)}")
+    if cont.shape != reward.shape:
+        raise ValueError(f"cont must have the shape of reward {tuple(reward.shape)}, got {tuple(cont.shape)}")
+    want = (reward.shape[0] + 1, *reward.shape[1:])
+    if tuple(value.shape) != want:
+        raise ValueError(f"value must have shape {want} ([T+1, ...] for reward [T, ...]), got {tuple(value.shape)}")
+    for name, v in (("gamma", gamma), ("lam", lam)):
+        if isinstance(v, torch.Tensor) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    reward, cont, value = reward.detach(), cont.detach(), value.detach()
+    if _backend == "reference":
+        dt = torch.promote_types(torch.promote_types(reward.dtype, cont.dtype), value.dtype)
+        return reference.lambda_return(reward.to(dt), cont.to(dt), value.to(dt), gamma, lam)
+    dt = _compute_dtype(value)
+    if reward.dtype != value.dtype or cont.dtype != value.dtype:
+        dt = torch.promote_types(torch.promote_types(_compute_dtype(reward), _compute_dtype(cont)), dt)
+    out = torch.ops.dreamer_ext.lambda_return(reward.to(dt), cont.to(dt), value.to(dt), float(gamma), float(lam))
+    return out.to(value.dtype) if value.dtype in _UPCAST else out

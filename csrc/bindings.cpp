@@ -1,0 +1,151 @@
+// pybind11 module dreamer_ext._C (and, in test builds, dreamer_ext._emu): raw pointers, sizes,
+// dtype codes and stream handles in; kernels out. No torch here: dreamer_ext/ops validates
+// tensors, allocates outputs and passes data_ptr()s.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common/kernels.h"
+
+#ifndef DX_MODULE_NAME
+#define DX_MODULE_NAME _C
+#endif
+#define DX_STR2(x) #x
+#define DX_STR(x) DX_STR2(x)
+
+namespace py = pybind11;
+using dx::DType;
+using dx::Exec;
+
+namespace {
+
+#if !defined(DX_WITH_CUDA)
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("dreamer_ext was built without CUDA (DREAMER_EXT_CUDA=OFF or nvcc not found at build time)");
+}
+#endif
+
+template <typename T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+// Calls f.template operator()<T>() for the dtype code.
+template <typename F> void with_dtype(int dtype, F&& f) {
+  switch (DType(dtype)) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    default: throw std::invalid_argument("dtype code " + std::to_string(dtype) + " is not float32 (0) or float64 (1)");
+  }
+}
+
+// Picks the CPU or CUDA implementation of one kernel with the same signature.
+#if defined(DX_WITH_CUDA)
+#define DX_RUN(fn, T, params, cuda, exec) ((cuda) ? dx::cuda::fn<T>(params, exec) : dx::cpu::fn<T>(params, exec))
+#else
+#define DX_RUN(fn, T, params, cuda, exec) ((cuda) ? no_cuda() : dx::cpu::fn<T>(params, exec))
+#endif
+
+Exec exec_of(int nthreads, uintptr_t stream) { Exec e; e.nthreads = nthreads; e.stream = stream; return e; }
+
+void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+  const Exec e = exec_of(nthreads, stream);
+  with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const dx::UnaryParams<T> p{ptr<const T>(x), ptr<T>(y), n};
+    if (log) DX_RUN(symlog_fwd, T, p, cuda, e); else DX_RUN(symexp_fwd, T, p, cuda, e);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(DX_MODULE_NAME, m) {
+  m.doc() = "dreamer_ext kernels (torch-free): pointers and sizes in, results written in place";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("has_cuda", [] {
+#if defined(DX_WITH_CUDA)
+    return true;
+#else
+    return false;
+#endif
+  }, "True when the CUDA kernels were compiled into this module.");
+  m.def("build_info", [] {
+    py::dict d;
+    d["module"] = DX_STR(DX_MODULE_NAME);
+#if defined(DX_WITH_CUDA)
+    d["cuda"] = true;
+#else
+    d["cuda"] = false;
+#endif
+#if defined(DX_CUDA_ARCHS)
+    d["cuda_archs"] = DX_CUDA_ARCHS;
+#endif
+#if defined(DX_CUDA_VERSION)
+    d["cuda_compiler"] = DX_CUDA_VERSION;
+#endif
+#if defined(_OPENMP)
+    d["openmp"] = _OPENMP;
+#else
+    d["openmp"] = false;
+#endif
+#if defined(DX_EMU)
+    d["emulated_cuda"] = true;
+#endif
+    d["compiler"] = __VERSION__;
+    return d;
+  });
+
+  m.def("symlog", [](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+    unary(true, x, y, n, dtype, cuda, nthreads, stream);
+  }, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+  m.def("symexp", [](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+    unary(false, x, y, n, dtype, cuda, nthreads, stream);
+  }, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+
+  m.def("twohot", [](uintptr_t x, uintptr_t bins, uintptr_t out, int64_t n, int64_t K, int dtype, bool cuda,
+                     int nthreads, uintptr_t stream) {
+    const Exec e = exec_of(nthreads, stream);
+    with_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const dx::TwohotParams<T> p{ptr<const T>(x), ptr<const T>(bins), ptr<T>(out), n, K};
+      DX_RUN(twohot_fwd, T, p, cuda, e);
+    });
+  }, py::arg("x"), py::arg("bins"), py::arg("out"), py::arg("n"), py::arg("K"), py::arg("dtype"), py::arg("cuda"),
+     py::arg("nthreads"), py::arg("stream"), nogil);
+
+  m.def("twohot_ce_fwd", [](uintptr_t logits, uintptr_t target, uintptr_t bins, uintptr_t loss, uintptr_t lse, int64_t n,
+                            int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+    const Exec e = exec_of(nthreads, stream);
+    with_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const dx::TwohotCEParams<T> p{ptr<const T>(logits), ptr<const T>(target), ptr<const T>(bins), ptr<T>(loss),
+                                    ptr<T>(lse), n, K};
+      DX_RUN(twohot_ce_fwd, T, p, cuda, e);
+    });
+  }, py::arg("logits"), py::arg("target"), py::arg("bins"), py::arg("loss"), py::arg("lse"), py::arg("n"), py::arg("K"),
+     py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+
+  m.def("twohot_ce_bwd", [](uintptr_t grad, uintptr_t logits, uintptr_t target, uintptr_t bins, uintptr_t lse,
+                            uintptr_t grad_logits, int64_t n, int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+    const Exec e = exec_of(nthreads, stream);
+    with_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const dx::TwohotCEBwdParams<T> p{ptr<const T>(grad), ptr<const T>(logits), ptr<const T>(target),
+                                       ptr<const T>(bins), ptr<const T>(lse), ptr<T>(grad_logits), n, K};
+      DX_RUN(twohot_ce_bwd, T, p, cuda, e);
+    });
+  }, py::arg("grad"), py::arg("logits"), py::arg("target"), py::arg("bins"), py::arg("lse"), py::arg("grad_logits"),
+     py::arg("n"), py::arg("K"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+
+  m.def("lambda_return", [](uintptr_t reward, uintptr_t cont, uintptr_t value, uintptr_t out, int64_t steps, int64_t m_,
+                            double gamma, double lam, int dtype, bool cuda, int nthreads, uintptr_t stream) {
+    const Exec e = exec_of(nthreads, stream);
+    with_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const dx::LambdaReturnParams<T> p{ptr<const T>(reward), ptr<const T>(cont), ptr<const T>(value), ptr<T>(out),
+                                        steps, m_, T(gamma), T(lam)};
+      DX_RUN(lambda_return_fwd, T, p, cuda, e);
+    });
+  }, py::arg("reward"), py::arg("cont"), py::arg("value"), py::arg("out"), py::arg("steps"), py::arg("m"),
+     py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+}

@@ -1,0 +1,18 @@
+// Declarations of every kernel entry point. dx::cpu (csrc/cpu/*.cpp) and dx::cuda (csrc/cuda/*.cu)
+// have identical signatures; bindings.cpp dispatches on dtype and device.
+#pragma once
+
+#include "params.h"
+
+#define DX_DECLARE_KERNELS(NS)                                                       \
+  namespace dx { namespace NS {                                                      \
+  template <typename T> void symlog_fwd(const UnaryParams<T>& p, const Exec& e);     \
+  template <typename T> void symexp_fwd(const UnaryParams<T>& p, const Exec& e);     \
+  template <typename T> void twohot_fwd(const TwohotParams<T>& p, const Exec& e);    \
+  template <typename T> void twohot_ce_fwd(const TwohotCEParams<T>& p, const Exec& e); \
+  template <typename T> void twohot_ce_bwd(const TwohotCEBwdParams<T>& p, const Exec& e); \
+  template <typename T> void lambda_return_fwd(const LambdaReturnParams<T>& p, const Exec& e); \
+  } }
+
+DX_DECLARE_KERNELS(cpu)
+DX_DECLARE_KERNELS(cuda)

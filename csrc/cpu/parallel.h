@@ -1,0 +1,32 @@
+// Static-partition parallel loop for the CPU kernels (OpenMP when the build found it).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace dx { namespace cpu {
+
+// Calls f(begin, end) on disjoint ranges covering [0, n). Runs serially when the work is below
+// `grain` items per extra thread, so small calls pay no thread wake-up.
+template <typename F> void parallel_for(int64_t n, int64_t grain, int nthreads, const F& f) {
+  if (n <= 0) return;
+  int64_t teams = std::min<int64_t>(std::max(nthreads, 1), std::max<int64_t>(n / std::max<int64_t>(grain, 1), 1));
+#if defined(_OPENMP)
+  if (teams > 1) {
+#pragma omp parallel num_threads(int(teams))
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t chunk = (n + nt - 1) / nt;
+      const int64_t b = t * chunk, e = std::min(n, b + chunk);
+      if (b < e) f(b, e);
+    }
+    return;
+  }
+#endif
+  f(int64_t(0), n);
+}
+
+}}  // namespace dx::cpu

@@ -1,0 +1,185 @@
+"""torch.library registration of the compiled kernels (namespace ``dreamer_ext``).
+
+This module turns tensors into pointers for :mod:`dreamer_ext._C`. It assumes its inputs were
+validated by :mod:`dreamer_ext.ops` (dtype, device, shapes); here it only makes them contiguous,
+allocates outputs, and passes the thread count (CPU) or the current stream (CUDA).
+Every op has a fake (meta) implementation so ``torch.compile(fullgraph=True)`` can trace it, and the
+differentiable ones have autograd formulas registered the torch.library way.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _C
+
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
+
+lib = torch.library.Library("dreamer_ext", "DEF")
+lib.define("symlog(Tensor x) -> Tensor")
+lib.define("symexp(Tensor x) -> Tensor")
+lib.define("twohot(Tensor x, Tensor bins) -> Tensor")
+lib.define("twohot_ce_fwd(Tensor logits, Tensor target, Tensor bins) -> (Tensor, Tensor)")
+lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins, Tensor lse) -> Tensor")
+lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
+
+
+def _launch(t: torch.Tensor) -> tuple:
+    """(dtype code, is_cuda, nthreads, stream) for a kernel call on ``t``'s device."""
+    if t.is_cuda:
+        return _DTYPE_CODE[t.dtype], True, 1, torch.cuda.current_stream(t.device).cuda_stream
+    return _DTYPE_CODE[t.dtype], False, torch.get_num_threads(), 0
+
+
+class _on_device:
+    """Makes ``t``'s GPU current for the call (a no-op on CPU)."""
+
+    def __init__(self, t: torch.Tensor):
+        self.guard = torch.cuda.device(t.device) if t.is_cuda else None
+
+    def __enter__(self):
+        if self.guard is not None:
+            self.guard.__enter__()
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
+
+
+# ---- symlog / symexp ----------------------------------------------------------------------------
+def _unary(fn, x: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    with _on_device(x):
+        fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x))
+    return y
+
+
+def _symlog_impl(x):
+    return _unary(_C.symlog, x)
+
+
+def _symexp_impl(x):
+    return _unary(_C.symexp, x)
+
+
+# ---- twohot ----------------------------------------------------------------------------------------
+def _twohot_impl(x, bins):
+    x, bins = x.contiguous(), bins.contiguous()
+    K = bins.shape[0]
+    out = torch.empty(*x.shape, K, dtype=x.dtype, device=x.device)
+    with _on_device(x):
+        _C.twohot(x.data_ptr(), bins.data_ptr(), out.data_ptr(), x.numel(), K, *_launch(x))
+    return out
+
+
+# ---- twohot cross-entropy ---------------------------------------------------------------------------
+def _twohot_ce_fwd_impl(logits, target, bins):
+    logits, target, bins = logits.contiguous(), target.contiguous(), bins.contiguous()
+    K = bins.shape[0]
+    loss = torch.empty(target.shape, dtype=logits.dtype, device=logits.device)
+    lse = torch.empty_like(loss)
+    with _on_device(logits):
+        _C.twohot_ce_fwd(logits.data_ptr(), target.data_ptr(), bins.data_ptr(), loss.data_ptr(), lse.data_ptr(),
+                         target.numel(), K, *_launch(logits))
+    return loss, lse
+
+
+def _twohot_ce_bwd_impl(grad, logits, target, bins, lse):
+    grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
+    bins, lse = bins.contiguous(), lse.contiguous()
+    out = torch.empty_like(logits)
+    with _on_device(logits):
+        _C.twohot_ce_bwd(grad.data_ptr(), logits.data_ptr(), target.data_ptr(), bins.data_ptr(), lse.data_ptr(),
+                         out.data_ptr(), target.numel(), bins.shape[0], *_launch(logits))
+    return out
+
+
+# ---- λ-return ----------------------------------------------------------------------------------------
+def _lambda_return_impl(reward, cont, value, gamma, lam):
+    reward, cont, value = reward.contiguous(), cont.contiguous(), value.contiguous()
+    out = torch.empty_like(reward)
+    steps = reward.shape[0]
+    m = reward.numel() // steps if steps else 0
+    with _on_device(reward):
+        _C.lambda_return(reward.data_ptr(), cont.data_ptr(), value.data_ptr(), out.data_ptr(), steps, m,
+                         float(gamma), float(lam), *_launch(reward))
+    return out
+
+
+_IMPLS = {
+    "symlog": _symlog_impl,
+    "symexp": _symexp_impl,
+    "twohot": _twohot_impl,
+    "twohot_ce_fwd": _twohot_ce_fwd_impl,
+    "twohot_ce_bwd": _twohot_ce_bwd_impl,
+    "lambda_return": _lambda_return_impl,
+}
+for _name, _fn in _IMPLS.items():
+    lib.impl(_name, _fn, "CPU")
+    lib.impl(_name, _fn, "CUDA")
+
+
+# ---- fake (meta) implementations for tracing ------------------------------------------------------
+@torch.library.register_fake("dreamer_ext::symlog")
+def _(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dreamer_ext::symexp")
+def _(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dreamer_ext::twohot")
+def _(x, bins):
+    return x.new_empty((*x.shape, bins.shape[0]))
+
+
+@torch.library.register_fake("dreamer_ext::twohot_ce_fwd")
+def _(logits, target, bins):
+    return logits.new_empty(target.shape), logits.new_empty(target.shape)
+
+
+@torch.library.register_fake("dreamer_ext::twohot_ce_bwd")
+def _(grad, logits, target, bins, lse):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dreamer_ext::lambda_return")
+def _(reward, cont, value, gamma, lam):
+    return torch.empty_like(reward, memory_format=torch.contiguous_format)
+
+
+# ---- autograd -----------------------------------------------------------------------------------------
+def _save_input(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _symlog_bwd(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad / (1.0 + x.abs())
+
+
+def _symexp_bwd(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad * torch.exp(x.abs())
+
+
+torch.library.register_autograd("dreamer_ext::symlog", _symlog_bwd, setup_context=_save_input)
+torch.library.register_autograd("dreamer_ext::symexp", _symexp_bwd, setup_context=_save_input)
+
+
+def _twohot_ce_setup(ctx, inputs, output):
+    logits, target, bins = inputs
+    ctx.save_for_backward(logits, target, bins, output[1])
+
+
+def _twohot_ce_backward(ctx, grad_loss, grad_lse):
+    # lse is an internal by-product for the backward pass; dreamer_ext.ops never returns it, so no
+    # gradient flows into it.
+    logits, target, bins, lse = ctx.saved_tensors
+    grad_logits = torch.ops.dreamer_ext.twohot_ce_bwd(grad_loss, logits, target, bins, lse)
+    return grad_logits, None, None
+
+
+torch.library.register_autograd("dreamer_ext::twohot_ce_fwd", _twohot_ce_backward, setup_context=_twohot_ce_setup)
