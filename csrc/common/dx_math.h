@@ -71,7 +71,7 @@ DX_HD float exp_poly(float a) {
   const float p = exp_reduced_poly(r);
   // 2^n as 2^(n-1) * 2 so that n = 128 (finite results just below FLT_MAX) stays representable.
   const float scale = bits_to_float(uint32_t(int32_t(n) - 1 + 127) << 23);
-  const float y = 2.0f * scale * p;
+  const float y = scale * (2.0f * p);
   return a < -87.0f ? 0.0f : y;
 }
 

@@ -23,8 +23,13 @@ lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins
 lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
 
 
-def _launch(t: torch.Tensor) -> tuple:
-    """(dtype code, is_cuda, nthreads, stream) for a kernel call on ``t``'s device."""
+def _launch(t: torch.Tensor, emulate: bool) -> tuple:
+    """(dtype code, use the CUDA kernel, nthreads, stream) for a kernel call on ``t``'s device.
+
+    ``emulate`` (tests only): run the CUDA kernel's source on CPU memory through ``dreamer_ext._emu``.
+    """
+    if emulate:
+        return _DTYPE_CODE[t.dtype], True, 1, 0
     if t.is_cuda:
         return _DTYPE_CODE[t.dtype], True, 1, torch.cuda.current_stream(t.device).cuda_stream
     return _DTYPE_CODE[t.dtype], False, torch.get_num_threads(), 0
@@ -46,63 +51,65 @@ class _on_device:
 
 
 # ---- symlog / symexp ----------------------------------------------------------------------------
-def _unary(fn, x: torch.Tensor) -> torch.Tensor:
+# Each impl takes the kernel module as ``mod`` (dreamer_ext._C, or dreamer_ext._emu in the emulation
+# tests, with ``emulate=True``); torch.library calls them with the defaults.
+def _unary(fn, x: torch.Tensor, emulate: bool) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
     with _on_device(x):
-        fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x))
+        fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x, emulate))
     return y
 
 
-def _symlog_impl(x):
-    return _unary(_C.symlog, x)
+def _symlog_impl(x, mod=_C, emulate=False):
+    return _unary(mod.symlog, x, emulate)
 
 
-def _symexp_impl(x):
-    return _unary(_C.symexp, x)
+def _symexp_impl(x, mod=_C, emulate=False):
+    return _unary(mod.symexp, x, emulate)
 
 
 # ---- twohot ----------------------------------------------------------------------------------------
-def _twohot_impl(x, bins):
+def _twohot_impl(x, bins, mod=_C, emulate=False):
     x, bins = x.contiguous(), bins.contiguous()
     K = bins.shape[0]
     out = torch.empty(*x.shape, K, dtype=x.dtype, device=x.device)
     with _on_device(x):
-        _C.twohot(x.data_ptr(), bins.data_ptr(), out.data_ptr(), x.numel(), K, *_launch(x))
+        mod.twohot(x.data_ptr(), bins.data_ptr(), out.data_ptr(), x.numel(), K, *_launch(x, emulate))
     return out
 
 
 # ---- twohot cross-entropy ---------------------------------------------------------------------------
-def _twohot_ce_fwd_impl(logits, target, bins):
+def _twohot_ce_fwd_impl(logits, target, bins, mod=_C, emulate=False):
     logits, target, bins = logits.contiguous(), target.contiguous(), bins.contiguous()
     K = bins.shape[0]
     loss = torch.empty(target.shape, dtype=logits.dtype, device=logits.device)
     lse = torch.empty_like(loss)
     with _on_device(logits):
-        _C.twohot_ce_fwd(logits.data_ptr(), target.data_ptr(), bins.data_ptr(), loss.data_ptr(), lse.data_ptr(),
-                         target.numel(), K, *_launch(logits))
+        mod.twohot_ce_fwd(logits.data_ptr(), target.data_ptr(), bins.data_ptr(), loss.data_ptr(), lse.data_ptr(),
+                          target.numel(), K, *_launch(logits, emulate))
     return loss, lse
 
 
-def _twohot_ce_bwd_impl(grad, logits, target, bins, lse):
+def _twohot_ce_bwd_impl(grad, logits, target, bins, lse, mod=_C, emulate=False):
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     bins, lse = bins.contiguous(), lse.contiguous()
     out = torch.empty_like(logits)
     with _on_device(logits):
-        _C.twohot_ce_bwd(grad.data_ptr(), logits.data_ptr(), target.data_ptr(), bins.data_ptr(), lse.data_ptr(),
-                         out.data_ptr(), target.numel(), bins.shape[0], *_launch(logits))
+        mod.twohot_ce_bwd(grad.data_ptr(), logits.data_ptr(), target.data_ptr(), bins.data_ptr(), lse.data_ptr(),
+                          out.data_ptr(), target.numel(), bins.shape[0], *_launch(logits, emulate))
     return out
 
 
 # ---- λ-return ----------------------------------------------------------------------------------------
-def _lambda_return_impl(reward, cont, value, gamma, lam):
+def _lambda_return_impl(reward, cont, value, gamma, lam, mod=_C, emulate=False):
     reward, cont, value = reward.contiguous(), cont.contiguous(), value.contiguous()
     out = torch.empty_like(reward)
     steps = reward.shape[0]
     m = reward.numel() // steps if steps else 0
     with _on_device(reward):
-        _C.lambda_return(reward.data_ptr(), cont.data_ptr(), value.data_ptr(), out.data_ptr(), steps, m,
-                         float(gamma), float(lam), *_launch(reward))
+        mod.lambda_return(reward.data_ptr(), cont.data_ptr(), value.data_ptr(), out.data_ptr(), steps, m,
+                          float(gamma), float(lam), *_launch(reward, emulate))
     return out
 
 
