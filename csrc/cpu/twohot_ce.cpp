@@ -21,39 +21,52 @@ template <typename T> T row_lse(const T* __restrict l, int64_t K) {
   for (int64_t k = 0; k < K; ++k) s += dx::exp_(l[k] - mx);
   return mx + dx::log_(s);
 }
+
+template <typename T> void fwd_rows(const TwohotCEParams<T>& p, int64_t b, int64_t end) {
+  const int64_t K = p.K;
+  for (int64_t i = b; i < end; ++i) {
+    const T* l = p.logits + i * K;
+    const T lse = row_lse(l, K);
+    const TwohotPos<T> pos = twohot_pos(p.target[i], p.bins, K);
+    p.lse[i] = lse;
+    // -sum_k w_k (l_k - lse) with sum_k w_k = 1; a NaN target gives NaN through w_lo
+    p.loss[i] = lse - (pos.w_lo * l[pos.lo] + (T(1) - pos.w_lo) * l[pos.lo + 1]);
+  }
+}
+
+template <typename T> void bwd_rows(const TwohotCEBwdParams<T>& p, int64_t b, int64_t end) {
+  const int64_t K = p.K;
+  for (int64_t i = b; i < end; ++i) {
+    const T* __restrict l = p.logits + i * K;
+    T* __restrict gl = p.grad_logits + i * K;
+    const T g = p.grad[i], lse = p.lse[i];
+    for (int64_t k = 0; k < K; ++k) gl[k] = g * dx::exp_(l[k] - lse);
+    const TwohotPos<T> pos = twohot_pos(p.target[i], p.bins, K);
+    if (pos.w_lo != pos.w_lo) {
+      std::fill(gl, gl + K, std::numeric_limits<T>::quiet_NaN());
+      continue;
+    }
+    gl[pos.lo] -= g * pos.w_lo;
+    gl[pos.lo + 1] -= g * (T(1) - pos.w_lo);
+  }
+}
+
+DX_MULTIVERSION void fwd_rows_f32(const TwohotCEParams<float>& p, int64_t b, int64_t e) { fwd_rows(p, b, e); }
+DX_MULTIVERSION void bwd_rows_f32(const TwohotCEBwdParams<float>& p, int64_t b, int64_t e) { bwd_rows(p, b, e); }
+void fwd_rows_(const TwohotCEParams<float>& p, int64_t b, int64_t e) { fwd_rows_f32(p, b, e); }
+void bwd_rows_(const TwohotCEBwdParams<float>& p, int64_t b, int64_t e) { bwd_rows_f32(p, b, e); }
+void fwd_rows_(const TwohotCEParams<double>& p, int64_t b, int64_t e) { fwd_rows(p, b, e); }
+void bwd_rows_(const TwohotCEBwdParams<double>& p, int64_t b, int64_t e) { bwd_rows(p, b, e); }
 }  // namespace
 
 template <typename T> void twohot_ce_fwd(const TwohotCEParams<T>& p, const Exec& e) {
-  const int64_t K = p.K;
-  parallel_for(p.n, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(K, 1)), e.nthreads, [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < end; ++i) {
-      const T* l = p.logits + i * K;
-      const T lse = row_lse(l, K);
-      const TwohotPos<T> pos = twohot_pos(p.target[i], p.bins, K);
-      p.lse[i] = lse;
-      // -sum_k w_k (l_k - lse) with sum_k w_k = 1; a NaN target gives NaN through w_lo
-      p.loss[i] = lse - (pos.w_lo * l[pos.lo] + (T(1) - pos.w_lo) * l[pos.lo + 1]);
-    }
-  });
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(p.K, 1));
+  parallel_for(p.n, grain, e.nthreads, [&](int64_t b, int64_t end) { fwd_rows_(p, b, end); });
 }
 
 template <typename T> void twohot_ce_bwd(const TwohotCEBwdParams<T>& p, const Exec& e) {
-  const int64_t K = p.K;
-  parallel_for(p.n, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(K, 1)), e.nthreads, [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < end; ++i) {
-      const T* __restrict l = p.logits + i * K;
-      T* __restrict gl = p.grad_logits + i * K;
-      const T g = p.grad[i], lse = p.lse[i];
-      for (int64_t k = 0; k < K; ++k) gl[k] = g * dx::exp_(l[k] - lse);
-      const TwohotPos<T> pos = twohot_pos(p.target[i], p.bins, K);
-      if (pos.w_lo != pos.w_lo) {
-        std::fill(gl, gl + K, std::numeric_limits<T>::quiet_NaN());
-        continue;
-      }
-      gl[pos.lo] -= g * pos.w_lo;
-      gl[pos.lo + 1] -= g * (T(1) - pos.w_lo);
-    }
-  });
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(p.K, 1));
+  parallel_for(p.n, grain, e.nthreads, [&](int64_t b, int64_t end) { bwd_rows_(p, b, end); });
 }
 
 template void twohot_ce_fwd<float>(const TwohotCEParams<float>&, const Exec&);
