@@ -10,7 +10,7 @@ namespace dx { namespace cpu {
 template <typename T> void lambda_return_fwd(const LambdaReturnParams<T>& p, const Exec& e) {
   const int64_t M = p.m, S = p.steps;
   const T gamma = p.gamma, lam = p.lam;
-  parallel_for(M, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(S, 1)), e.nthreads, [&](int64_t b, int64_t end) {
+  parallel_for(M, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(S, 1)), e.nthreads, [&](int64_t b, int64_t end) {
     for (int64_t t = S - 1; t >= 0; --t) {
       const T* __restrict r = p.reward + t * M;
       const T* __restrict c = p.cont + t * M;

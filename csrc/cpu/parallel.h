@@ -1,5 +1,7 @@
 // Static-partition parallel loop for the CPU kernels (OpenMP when the build found it).
 #pragma once
+// Grains are set so that a call with less than ~50-100 µs of single-thread work stays on one thread:
+// waking a second OpenMP thread costs more than that on a loaded machine.
 
 #include <algorithm>
 #include <cstdint>

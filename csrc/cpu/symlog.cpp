@@ -21,10 +21,10 @@ void symexp_range_(const double* x, double* y, int64_t b, int64_t e) { symexp_ra
 }  // namespace
 
 template <typename T> void symlog_fwd(const UnaryParams<T>& p, const Exec& e) {
-  parallel_for(p.n, 1 << 15, e.nthreads, [&](int64_t b, int64_t end) { symlog_range_(p.x, p.y, b, end); });
+  parallel_for(p.n, 1 << 16, e.nthreads, [&](int64_t b, int64_t end) { symlog_range_(p.x, p.y, b, end); });
 }
 template <typename T> void symexp_fwd(const UnaryParams<T>& p, const Exec& e) {
-  parallel_for(p.n, 1 << 15, e.nthreads, [&](int64_t b, int64_t end) { symexp_range_(p.x, p.y, b, end); });
+  parallel_for(p.n, 1 << 16, e.nthreads, [&](int64_t b, int64_t end) { symexp_range_(p.x, p.y, b, end); });
 }
 
 template void symlog_fwd<float>(const UnaryParams<float>&, const Exec&);

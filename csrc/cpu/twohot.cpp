@@ -10,7 +10,7 @@ namespace dx { namespace cpu {
 
 template <typename T> void twohot_fwd(const TwohotParams<T>& p, const Exec& e) {
   const int64_t K = p.K;
-  parallel_for(p.n, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1)), e.nthreads, [&](int64_t b, int64_t end) {
+  parallel_for(p.n, std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(K, 1)), e.nthreads, [&](int64_t b, int64_t end) {
     for (int64_t i = b; i < end; ++i) {
       T* row = p.out + i * K;
       const TwohotPos<T> pos = twohot_pos(p.x[i], p.bins, K);

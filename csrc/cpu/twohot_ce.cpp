@@ -60,12 +60,12 @@ void bwd_rows_(const TwohotCEBwdParams<double>& p, int64_t b, int64_t e) { bwd_r
 }  // namespace
 
 template <typename T> void twohot_ce_fwd(const TwohotCEParams<T>& p, const Exec& e) {
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(p.K, 1));
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(p.K, 1));
   parallel_for(p.n, grain, e.nthreads, [&](int64_t b, int64_t end) { fwd_rows_(p, b, end); });
 }
 
 template <typename T> void twohot_ce_bwd(const TwohotCEBwdParams<T>& p, const Exec& e) {
-  const int64_t grain = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(p.K, 1));
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(p.K, 1));
   parallel_for(p.n, grain, e.nthreads, [&](int64_t b, int64_t end) { bwd_rows_(p, b, end); });
 }
 
