@@ -1,0 +1,154 @@
+"""Behaviour learning: actor, critic, slow critic, return normalisation, λ-returns, actor/critic losses.
+
+Imagination starts from every posterior state of the batch (stop-grad), runs the actor in the frozen world model
+for H steps under ``no_grad`` and then recomputes only what needs gradients on the detached features: the actor's
+log-probs/entropy (REINFORCE) and the critic's logits.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from . import ops
+from .config import Config
+from .dists import BoundedNormal, OneHotDist, TwoHot, make_bins
+from .nets import MLP, out_linear
+
+__all__ = ["Actor", "Critic", "ReturnNorm", "Behavior", "trajectory_weight"]
+
+
+class Actor(nn.Module):
+    """``feat[..., F]`` -> OneHotDist (discrete, unimix) or BoundedNormal (continuous) over ``A`` actions."""
+
+    def __init__(self, feat_dim: int, act_dim: int, discrete: bool, config: Config):
+        super().__init__()
+        ac = config.actor
+        self.discrete, self.act_dim, self.cfg = discrete, act_dim, ac
+        self.mlp = MLP(feat_dim, ac.units, ac.layers, config.norm)
+        self.out = out_linear(self.mlp.out_dim, act_dim if discrete else 2 * act_dim, scale=ac.init_scale)
+
+    def forward(self, feat: torch.Tensor):
+        x = self.out(self.mlp(feat))
+        if self.discrete:
+            return OneHotDist(x, self.cfg.unimix)
+        mean, std = x.chunk(2, -1)
+        return BoundedNormal(mean, std, self.cfg.min_std, self.cfg.max_std)
+
+
+class Critic(nn.Module):
+    """``feat[..., F]`` -> TwoHot value distribution (zero-initialised output layer)."""
+
+    def __init__(self, feat_dim: int, config: Config):
+        super().__init__()
+        cc, hc = config.critic, config.heads
+        self.mlp = MLP(feat_dim, cc.units, cc.layers, config.norm)
+        self.out = out_linear(self.mlp.out_dim, hc.num_bins, init="zeros")
+        self.mode = hc.bins
+        self.register_buffer("bins", make_bins(hc.num_bins, hc.bin_range, hc.bins), persistent=False)
+
+    def forward(self, feat: torch.Tensor) -> TwoHot:
+        return TwoHot(self.out(self.mlp(feat)), self.bins, self.mode)
+
+
+class ReturnNorm(nn.Module):
+    """Return scale ``S = EMA(P_high(R) − P_low(R))`` (decay d, starts at 0, updated before use).
+
+    :meth:`update` returns the divisor ``max(limit, S)``.
+    """
+
+    def __init__(self, decay: float = 0.99, low: float = 5.0, high: float = 95.0, limit: float = 1.0):
+        super().__init__()
+        self.decay, self.low, self.high, self.limit = decay, low / 100.0, high / 100.0, limit
+        self.register_buffer("scale", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> torch.Tensor:
+        r = returns.detach().float().reshape(-1)
+        q = torch.quantile(r, torch.tensor([self.low, self.high], device=r.device, dtype=r.dtype))
+        self.scale.mul_(self.decay).add_((1.0 - self.decay) * (q[1] - q[0]))
+        return self.divisor()
+
+    def divisor(self) -> torch.Tensor:
+        return torch.clamp(self.scale, min=self.limit)
+
+
+def trajectory_weight(cont: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``w_t = Π_{i≤t} γ·ĉ_i`` along dim 0 (``cont[H+1, N] -> w[H+1, N]``), no gradient."""
+    return torch.cumprod(gamma * cont.detach(), 0)
+
+
+class Behavior(nn.Module):
+    """Actor + critic + slow critic + return normaliser."""
+
+    def __init__(self, config: Config, feat_dim: int, act_dim: int, discrete: bool):
+        super().__init__()
+        self.config, self.discrete, self.act_dim = config, discrete, act_dim
+        ic = config.imag
+        self.actor = Actor(feat_dim, act_dim, discrete, config)
+        self.critic = Critic(feat_dim, config)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.retnorm = ReturnNorm(ic.retnorm_decay, ic.retnorm_low, ic.retnorm_high, ic.retnorm_limit)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def policy_fn(self, feat: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampled action ``[N, A]`` for the imagination rollout (no gradient)."""
+        return self.actor(feat).sample(uniform).detach()
+
+    def imagine(self, wm, start: dict, horizon: int | None = None, uniforms: dict | None = None) -> dict:
+        """Imagined trajectory from ``start = {"h": [N, deter], "z": [N, S, C]}`` (detached) under no_grad."""
+        horizon = self.config.imag.horizon if horizon is None else horizon
+        start = {"h": start["h"].detach(), "z": start["z"].detach()}
+        with torch.no_grad():
+            return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
+
+    def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None
+             ) -> tuple[torch.Tensor, dict]:
+        """Actor + critic loss from imagination.
+
+        Args: ``start`` posterior states ``{"h": [N, deter], "z": [N, S, C]}``, ``start_cont[N]`` = 1 − is_terminal
+        of those states (ĉ_0). Returns (scaled actor loss + critic loss, metrics of 0-d tensors).
+        """
+        ic, ls = self.config.imag, self.config.loss
+        H, gamma = ic.horizon, ic.gamma
+        traj = self.imagine(wm, start, H, uniforms)
+        feat = traj["feat"]                                            # [H+1, N, F], no grad
+        with torch.no_grad():
+            reward = wm.reward(feat[1:]).pred()                        # [H, N]  r̂_1..r̂_H
+            cont = torch.cat([start_cont.float()[None], wm.cont(feat[1:]).pred()], 0)  # [H+1, N]
+            slow = self.slow_critic(feat[:H]).pred()                   # [H, N]
+        critic_dist = self.critic(feat)                                # grads into the critic only
+        value = critic_dist.pred().detach()                            # [H+1, N]
+        ret = ops.lambda_return(reward, cont[1:], value, gamma, ic.lam)  # [H, N]
+        weight = trajectory_weight(cont, gamma)[:H]                    # [H, N]
+        div = self.retnorm.update(ret)
+        adv = (ret - value[:H]) / div
+        # actor: REINFORCE on detached features
+        pi = self.actor(feat[:H])
+        logp = pi.log_prob(traj["action"])
+        ent = pi.entropy()
+        actor_loss = (-weight * (logp * adv.detach() + self.config.actor.entropy * ent)).mean()
+        # critic: twohot CE to the λ-return and to the slow critic
+        crit = TwoHot(critic_dist.logits[:H], critic_dist.bins, critic_dist.mode)
+        critic_loss = (weight * (crit.loss(ret) + self.config.critic.slow_reg * crit.loss(slow))).mean()
+        loss = ls.actor * actor_loss + ls.critic * critic_loss
+        metrics = {
+            "loss/actor": actor_loss.detach(), "loss/critic": critic_loss.detach(),
+            "actor/entropy": ent.detach().mean(), "actor/logp": logp.detach().mean(),
+            "ret/mean": ret.mean(), "ret/scale": self.retnorm.scale.detach().clone(), "ret/adv_mean": adv.mean(),
+            "ret/adv_std": adv.std(), "imag/reward": reward.mean(), "imag/cont": cont[1:].mean(),
+            "imag/value": value.mean(), "imag/weight": weight.mean(), "imag/slow_value": slow.mean(),
+        }
+        return loss, metrics
+
+    @torch.no_grad()
+    def update_slow(self) -> None:
+        """``θ_slow ← rate·θ + (1 − rate)·θ_slow`` every ``critic.slow_every`` updates."""
+        self.updates += 1
+        cc = self.config.critic
+        if int(self.updates) % cc.slow_every:
+            return
+        src = list(self.critic.parameters())
+        dst = list(self.slow_critic.parameters())
+        torch._foreach_lerp_(dst, src, cc.slow_rate)

@@ -1,0 +1,63 @@
+"""End-to-end: the real training program in a subprocess, a few hundred env steps with a tiny model."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dreamer_ext.config import config_from_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--preset=size1m", "--rssm.deter=64", "--rssm.hidden=32", "--encoder.mlp_units=32", "--decoder.mlp_units=32",
+    "--heads.units=32", "--actor.units=32", "--critic.units=32", "--imag.horizon=8",
+    "--batch_size=4", "--batch_length=16", "--train_ratio=4",  # 4/(4*16) = 1/16 updates per env step
+    "--backend=reference", "--device=cpu", "--steps=300", "--eval_every=150", "--eval_episodes=1", "--log_every=100",
+]
+
+
+def run_train(tmp_path, env_id, *extra):
+    logdir = tmp_path / "run"
+    # one OpenMP thread: on a small shared CPU box, 2 spinning threads can be ~30x slower for these tiny models
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreamer_ext.train", f"--env={env_id}", f"--logdir={logdir}", *TINY, *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return logdir, proc.stdout
+
+
+def check_run(logdir, out, env_id):
+    cfg = config_from_dict(json.loads((logdir / "config.json").read_text()))
+    assert cfg.env == env_id and cfg.batch_size == 4 and cfg.rssm.deter == 64 and cfg.logdir == str(logdir)
+    assert "device: cpu" in out and "backend: reference" in out and re.search(r"params: .*total=[\d,]+", out)
+    evals = [float(x) for x in re.findall(r"eval_return=(-?[\d.]+)", out)]
+    assert len(evals) >= 2 and all(math.isfinite(e) for e in evals)  # at step 150 and 300
+    updates = int(re.search(r"done: steps=(\d+) updates=(\d+)", out).group(2))
+    assert updates >= 10  # (300 - 64) / 16 ~ 15
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_return" in r for r in rows)
+    train_rows = [r for r in rows if "train/loss/world_model" in r]
+    assert train_rows, "no training metrics were logged"
+    for r in rows:
+        for k, v in r.items():
+            assert math.isfinite(v), (k, v)
+    assert max(r["step"] for r in rows) == 300
+
+
+def test_train_cartpole_vector(tmp_path):
+    logdir, out = run_train(tmp_path, "CartPole-v1")
+    check_run(logdir, out, "CartPole-v1")
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss/rec_vector" in r for r in rows)
+    assert any("episode_return" in r for r in rows)
+
+
+def test_train_atari_image(tmp_path):
+    logdir, out = run_train(tmp_path, "ALE/Asterix-v5")
+    check_run(logdir, out, "ALE/Asterix-v5")
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("train/loss/rec") for r in rows for k in r)

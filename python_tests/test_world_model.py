@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from dreamer_ext.objectives import DreamerObjective, Objective, make_objective
+from dreamer_ext.world_model import WorldModel, shift_actions
+from tiny_agent_config import image_vector_spec, random_batch, tiny_config, vector_spec
+
+
+def prep(batch):
+    batch = dict(batch)
+    batch["is_first"] = batch["is_first"].bool()
+    batch["is_terminal"] = batch["is_terminal"].bool()
+    return batch
+
+
+def test_shift_actions():
+    a = torch.arange(6.0).reshape(1, 3, 2)
+    s = shift_actions(a)
+    assert torch.equal(s[0, 0], torch.zeros(2)) and torch.equal(s[0, 1:], a[0, :2])
+
+
+def test_loss_terms_and_combination():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    spec = image_vector_spec()
+    wm = WorldModel(cfg, spec)
+    batch = prep(random_batch(spec, B=2, T=5))
+    loss, post, m = wm.loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert post["feat"].shape == (2, 5, wm.rssm.feat_dim)
+    want = (m["loss/rec"] + m["loss/rew"] + m["loss/con"]) * cfg.loss.pred + cfg.loss.dyn * m["loss/dyn"] + \
+        cfg.loss.rep * m["loss/rep"]
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(m["loss/rec"], m["loss/rec_image"] + m["loss/rec_vector"])
+    # the reward head is zero-initialised: it predicts 0 and its loss is log(255)-ish at init for any target
+    assert wm.reward(post["feat"]).pred().abs().max() < 1e-4
+    loss.backward()
+    for name in ("encoders", "rssm", "decoders", "reward_out", "cont_out"):
+        mod = getattr(wm, name)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters()), name
+
+
+def test_free_bits_clamp_per_element():
+    torch.manual_seed(0)
+    cfg = tiny_config(loss={"free_bits": 1.0})
+    spec = vector_spec()
+    wm = WorldModel(cfg, spec)
+    batch = prep(random_batch(spec, B=2, T=4))
+    post, _ = wm.observe(batch)
+    # identical posterior and prior: KL = 0 -> both terms sit at the free-bits floor and give no gradient
+    post["prior_logits"] = post["post_logits"].detach().clone().requires_grad_(True)
+    loss, m = wm.objective(wm, batch, post)
+    assert m["kl/dyn"].abs() < 1e-5 and m["loss/dyn"].item() == pytest.approx(1.0) and m["loss/rep"].item() == pytest.approx(1.0)
+    g = torch.autograd.grad(cfg.loss.dyn * m["loss/dyn"], post["prior_logits"], allow_unused=True)[0]
+    assert g is None or g.abs().sum() == 0
+    # a KL above the floor in one element only gets gradient there
+    pl = post["post_logits"].detach().clone()
+    pl[0, 0] += torch.randn_like(pl[0, 0]) * 10
+    pl.requires_grad_(True)
+    post["prior_logits"] = pl
+    loss, m = wm.objective(wm, batch, post)
+    g = torch.autograd.grad(m["loss/dyn"], pl)[0]
+    assert g[0, 0].abs().sum() > 0 and g[1:].abs().sum() == 0 and g[0, 1:].abs().sum() == 0
+
+
+def test_symexp_bins_switch():
+    cfg = tiny_config(heads={"bins": "symexp"})
+    wm = WorldModel(cfg, vector_spec())
+    assert wm.bins.max() > 1e8 and wm.reward(torch.zeros(2, wm.rssm.feat_dim)).mode == "symexp"
+
+
+def test_make_objective_registry():
+    cfg = tiny_config()
+    assert isinstance(make_objective("dreamer", cfg), DreamerObjective)
+    with pytest.raises(ValueError, match="objective"):
+        make_objective("nope", cfg)
+    assert issubclass(DreamerObjective, Objective)
+
+
+def test_bad_spec():
+    from dreamer_ext.envs.spec import EnvSpec
+    with pytest.raises(ValueError, match="spec"):
+        WorldModel(tiny_config(), EnvSpec(obs={"x": ((2, 3), "float32")}, act_dim=2))
+
+
+def test_continue_target_is_one_minus_terminal():
+    cfg = tiny_config()
+    spec = vector_spec()
+    wm = WorldModel(cfg, spec)
+    with torch.no_grad():
+        wm.cont_out.weight.zero_()
+        wm.cont_out.bias.fill_(10.0)  # predicts "continue" with p ≈ 1
+    batch = prep(random_batch(spec, B=2, T=5))  # exactly one terminal step out of 10
+    _, _, m = wm.loss(batch)
+    assert m["loss/con"].item() == pytest.approx(10.0 / 10, rel=1e-3)
