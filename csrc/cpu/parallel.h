@@ -40,3 +40,11 @@ template <typename F> void parallel_for(int64_t n, int64_t grain, int nthreads, 
 #else
 #define DX_MULTIVERSION
 #endif
+
+// Bodies called from a DX_MULTIVERSION function must be inlined into each clone, otherwise both
+// clones call one baseline copy.
+#if defined(__GNUC__)
+#define DX_INLINE inline __attribute__((always_inline))
+#else
+#define DX_INLINE inline
+#endif

@@ -6,10 +6,10 @@
 namespace dx { namespace cpu {
 
 namespace {
-template <typename T> void symlog_range(const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
+template <typename T> DX_INLINE void symlog_range(const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
   for (int64_t i = b; i < e; ++i) y[i] = dx::symlog(x[i]);
 }
-template <typename T> void symexp_range(const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
+template <typename T> DX_INLINE void symexp_range(const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
   for (int64_t i = b; i < e; ++i) y[i] = dx::symexp(x[i]);
 }
 DX_MULTIVERSION void symlog_range_f32(const float* x, float* y, int64_t b, int64_t e) { symlog_range(x, y, b, e); }

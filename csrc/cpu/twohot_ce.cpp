@@ -10,19 +10,32 @@
 namespace dx { namespace cpu {
 
 namespace {
-// log(sum_k exp(l_k)) of one row; the exp loop vectorises (dx::exp_ is branch-free for float).
-template <typename T> T row_lse(const T* __restrict l, int64_t K) {
-  T mx = -std::numeric_limits<T>::infinity();
-  bool nan = false;
-  for (int64_t k = 0; k < K; ++k) { mx = l[k] > mx ? l[k] : mx; nan |= l[k] != l[k]; }
-  if (nan) return std::numeric_limits<T>::quiet_NaN();
-  if (mx == -std::numeric_limits<T>::infinity()) return mx;
-  T s = 0;
-  for (int64_t k = 0; k < K; ++k) s += dx::exp_(l[k] - mx);
-  return mx + dx::log_(s);
+// log(sum_k exp(l_k)) of one row. Max and sum run on W independent lanes (so the compiler can keep
+// them in vector registers without reassociating a serial reduction); a NaN logit makes the sum NaN.
+template <typename T> DX_INLINE T row_lse(const T* __restrict l, int64_t K) {
+  constexpr int W = 16;
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  T m[W], s[W];
+  for (int j = 0; j < W; ++j) { m[j] = ninf; s[j] = T(0); }
+  int64_t k = 0;
+  for (; k + W <= K; k += W)
+    for (int j = 0; j < W; ++j) m[j] = l[k + j] > m[j] ? l[k + j] : m[j];
+  T mx = ninf;
+  for (int j = 0; j < W; ++j) mx = m[j] > mx ? m[j] : mx;
+  for (int64_t r = k; r < K; ++r) mx = l[r] > mx ? l[r] : mx;
+  if (mx == ninf) {  // every logit is -inf or NaN
+    for (int64_t r = 0; r < K; ++r) if (l[r] != l[r]) return l[r];
+    return mx;
+  }
+  for (k = 0; k + W <= K; k += W)
+    for (int j = 0; j < W; ++j) s[j] += dx::exp_(l[k + j] - mx);
+  T tot = 0;
+  for (int j = 0; j < W; ++j) tot += s[j];
+  for (int64_t r = k; r < K; ++r) tot += dx::exp_(l[r] - mx);
+  return mx + dx::log_(tot);
 }
 
-template <typename T> void fwd_rows(const TwohotCEParams<T>& p, int64_t b, int64_t end) {
+template <typename T> DX_INLINE void fwd_rows(const TwohotCEParams<T>& p, int64_t b, int64_t end) {
   const int64_t K = p.K;
   for (int64_t i = b; i < end; ++i) {
     const T* l = p.logits + i * K;
@@ -34,7 +47,7 @@ template <typename T> void fwd_rows(const TwohotCEParams<T>& p, int64_t b, int64
   }
 }
 
-template <typename T> void bwd_rows(const TwohotCEBwdParams<T>& p, int64_t b, int64_t end) {
+template <typename T> DX_INLINE void bwd_rows(const TwohotCEBwdParams<T>& p, int64_t b, int64_t end) {
   const int64_t K = p.K;
   for (int64_t i = b; i < end; ++i) {
     const T* __restrict l = p.logits + i * K;
