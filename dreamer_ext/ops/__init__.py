@@ -122,19 +122,22 @@ def _eager_direct(*tensors) -> bool:
     Then the impl registered for the op is called directly, saving the dispatcher and autograd
     round trip (several microseconds, which matters for the small tensors of acting).
     """
-    return not torch.compiler.is_compiling() and not any(t.requires_grad for t in tensors)
+    for t in tensors:
+        if t.requires_grad:
+            return False
+    return not torch.compiler.is_compiling()
 
 
 def _unary(op_name: str, x):
-    _check_tensor("x", x)
+    if not isinstance(x, torch.Tensor) or x.dtype not in _NATIVE:
+        _check_tensor("x", x)
     if _backend == "reference":
         return getattr(reference, op_name)(x)
-    xc = x.float() if x.dtype in _UPCAST else x
-    if _eager_direct(xc):
-        y = getattr(_kernel_module, f"_{op_name}_impl")(xc)
-    else:
-        y = getattr(torch.ops.dreamer_ext, op_name)(xc)
-    return y.to(x.dtype) if x.dtype in _UPCAST else y
+    if x.dtype in _UPCAST:
+        return _unary(op_name, x.float()).to(x.dtype)
+    if _eager_direct(x):
+        return getattr(_kernel_module, "_" + op_name + "_impl")(x)
+    return getattr(torch.ops.dreamer_ext, op_name)(x)
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:

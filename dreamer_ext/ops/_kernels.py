@@ -56,8 +56,11 @@ class _on_device:
 def _unary(fn, x: torch.Tensor, emulate: bool) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
-    with _on_device(x):
-        fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x, emulate))
+    if x.is_cuda:
+        with torch.cuda.device(x.device):
+            fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x, emulate))
+    else:  # the hot path for small CPU tensors: no context manager, no tuple unpacking
+        fn(x.data_ptr(), y.data_ptr(), x.numel(), _DTYPE_CODE[x.dtype], emulate, 1 if emulate else torch.get_num_threads(), 0)
     return y
 
 
