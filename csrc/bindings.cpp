@@ -95,12 +95,12 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     return d;
   });
 
-  m.def("symlog", [](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-    unary(true, x, y, n, dtype, cuda, nthreads, stream);
-  }, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
-  m.def("symexp", [](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-    unary(false, x, y, n, dtype, cuda, nthreads, stream);
-  }, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+  for (const bool log : {true, false}) {
+    m.def(log ? "symlog" : "symexp", [log](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads,
+                                            uintptr_t stream) { unary(log, x, y, n, dtype, cuda, nthreads, stream); },
+          py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"),
+          py::arg("stream"), nogil);
+  }
 
   m.def("twohot", [](uintptr_t x, uintptr_t bins, uintptr_t out, int64_t n, int64_t K, int dtype, bool cuda,
                      int nthreads, uintptr_t stream) {
