@@ -5,4 +5,4 @@ Usage: ``PYTHONPATH=. python bench/learn_cartpole.py [--device=cuda] [--seed=0] 
 from _learn import run
 
 if __name__ == "__main__":
-    run(env="CartPole-v1", preset="size1m", steps=30_000, train_ratio=64, num_envs=1)
+    run(env="CartPole-v1", preset="size1m", steps=30_000, train_ratio=128, num_envs=1)
