@@ -21,11 +21,7 @@ template <typename T> __global__ void lambda_return_kernel(LambdaReturnParams<T>
 }  // namespace
 
 template <typename T> void lambda_return_fwd(const LambdaReturnParams<T>& p, const Exec& e) {
-  if (p.m <= 0 || p.steps <= 0) return;
-  constexpr int threads = 128;
-  auto kernel = lambda_return_kernel<T>;
-  DX_LAUNCH(kernel, dim3(grid_for(p.m, threads)), dim3(threads), stream_of(e))(p);
-  check_launch("lambda_return");
+  launch_1d(lambda_return_kernel<T>, p, p.steps > 0 ? p.m : 0, 128, e, "lambda_return");
 }
 
 template void lambda_return_fwd<float>(const LambdaReturnParams<float>&, const Exec&);

@@ -32,4 +32,12 @@ inline unsigned grid_for(int64_t n, int threads) {
   return unsigned(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(1) << 16)));
 }
 
+// Launches kernel(p) on a 1-D grid sized for a grid-stride loop over n items (nothing when n <= 0).
+template <typename P>
+void launch_1d(void (*kernel)(P), const P& p, int64_t n, int threads, const Exec& e, const char* what) {
+  if (n <= 0) return;
+  DX_LAUNCH(kernel, dim3(grid_for(n, threads)), dim3(threads), stream_of(e))(p);
+  check_launch(what);
+}
+
 }}  // namespace dx::cuda

@@ -14,17 +14,14 @@ template <typename T, typename Op> __global__ void unary_kernel(UnaryParams<T> p
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) p.y[i] = Op()(p.x[i]);
 }
 
-template <typename T, typename Op> void launch_unary(const UnaryParams<T>& p, const Exec& e, const char* name) {
-  if (p.n <= 0) return;
-  constexpr int threads = 256;
-  auto kernel = unary_kernel<T, Op>;
-  DX_LAUNCH(kernel, dim3(grid_for(p.n, threads)), dim3(threads), stream_of(e))(p);
-  check_launch(name);
-}
 }  // namespace
 
-template <typename T> void symlog_fwd(const UnaryParams<T>& p, const Exec& e) { launch_unary<T, SymlogOp>(p, e, "symlog"); }
-template <typename T> void symexp_fwd(const UnaryParams<T>& p, const Exec& e) { launch_unary<T, SymexpOp>(p, e, "symexp"); }
+template <typename T> void symlog_fwd(const UnaryParams<T>& p, const Exec& e) {
+  launch_1d(unary_kernel<T, SymlogOp>, p, p.n, 256, e, "symlog");
+}
+template <typename T> void symexp_fwd(const UnaryParams<T>& p, const Exec& e) {
+  launch_1d(unary_kernel<T, SymexpOp>, p, p.n, 256, e, "symexp");
+}
 
 template void symlog_fwd<float>(const UnaryParams<float>&, const Exec&);
 template void symlog_fwd<double>(const UnaryParams<double>&, const Exec&);

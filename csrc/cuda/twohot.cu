@@ -19,11 +19,7 @@ template <typename T> __global__ void twohot_kernel(TwohotParams<T> p) {
 }  // namespace
 
 template <typename T> void twohot_fwd(const TwohotParams<T>& p, const Exec& e) {
-  if (p.n <= 0) return;
-  constexpr int threads = 256;
-  auto kernel = twohot_kernel<T>;
-  DX_LAUNCH(kernel, dim3(grid_for(p.n * p.K, threads)), dim3(threads), stream_of(e))(p);
-  check_launch("twohot");
+  launch_1d(twohot_kernel<T>, p, p.n * p.K, 256, e, "twohot");
 }
 
 template void twohot_fwd<float>(const TwohotParams<float>&, const Exec&);

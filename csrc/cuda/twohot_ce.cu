@@ -73,11 +73,7 @@ template <typename T> void twohot_ce_fwd(const TwohotCEParams<T>& p, const Exec&
 }
 
 template <typename T> void twohot_ce_bwd(const TwohotCEBwdParams<T>& p, const Exec& e) {
-  if (p.n <= 0) return;
-  constexpr int threads = 256;
-  auto kernel = twohot_ce_bwd_kernel<T>;
-  DX_LAUNCH(kernel, dim3(grid_for(p.n * p.K, threads)), dim3(threads), stream_of(e))(p);
-  check_launch("twohot_cross_entropy backward");
+  launch_1d(twohot_ce_bwd_kernel<T>, p, p.n * p.K, 256, e, "twohot_cross_entropy backward");
 }
 
 template void twohot_ce_fwd<float>(const TwohotCEParams<float>&, const Exec&);
