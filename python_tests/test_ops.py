@@ -351,3 +351,11 @@ def test_bad_input_errors(call, exc, words):
     with pytest.raises(exc) as info:
         call()
     assert words in str(info.value)
+
+
+def test_bins_changed_in_place_are_checked_again():
+    bins = torch.linspace(-1, 1, 5)
+    ops.twohot(torch.zeros(2), bins)  # validated and cached
+    bins[1] = 5.0  # no longer increasing
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ops.twohot(torch.zeros(2), bins)

@@ -20,6 +20,7 @@ Backends: ``"kernels"`` (the compiled C++/CUDA ops registered as ``torch.ops.dre
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
@@ -94,6 +95,7 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in _UPCAST else t.dtype
 
 
+# id(bins) -> (weakref to that tensor, its version counter) for bins already checked to be increasing.
 _validated_bins: dict = {}
 
 
@@ -104,15 +106,16 @@ def _check_bins(bins, x_name: str, x: torch.Tensor) -> None:
     _check_same_device(x_name, x, "bins", bins)
     if torch.compiler.is_compiling():
         return
-    # Monotonicity costs a reduction (and a device sync on CUDA): check each bins tensor once per version.
-    key = (bins.data_ptr(), bins.shape[0], bins.stride(0), bins.dtype, bins.device, bins._version)
-    if key in _validated_bins:
+    # Monotonicity costs a reduction (and a device sync on CUDA): check each bins tensor once, again after any
+    # in-place change (its version counter moves). The weakref makes a recycled id() miss the cache.
+    hit = _validated_bins.get(id(bins))
+    if hit is not None and hit[0]() is bins and hit[1] == bins._version:
         return
     if not bool((bins[1:] > bins[:-1]).all()):
         raise ValueError("bins must be strictly increasing (and free of NaN)")
     if len(_validated_bins) > 64:
         _validated_bins.clear()
-    _validated_bins[key] = True
+    _validated_bins[id(bins)] = (weakref.ref(bins), bins._version)
 
 
 # ---- public ops --------------------------------------------------------------------------------------
