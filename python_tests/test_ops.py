@@ -359,3 +359,45 @@ def test_bins_changed_in_place_are_checked_again():
     bins[1] = 5.0  # no longer increasing
     with pytest.raises(ValueError, match="strictly increasing"):
         ops.twohot(torch.zeros(2), bins)
+
+
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_twohot_ce_minus_inf_logit_on_zero_weight_bin(backend):
+    ops.set_backend(backend)
+    bins = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    logits = torch.tensor([[0.0, -math.inf, 0.0, 0.0], [0.0, 0.0, -math.inf, 0.0]])
+    loss = ops.twohot_cross_entropy(logits, torch.tensor([2.5, 1.0]), bins)
+    # row 0: all weight on bins 2 and 3, both logit 0, three finite logits -> log(3); row 1: weight 1 on bin 1
+    assert torch.allclose(loss, torch.full((2,), math.log(3.0)))
+
+
+def test_bins_that_collapse_in_the_compute_dtype_raise():
+    bins = torch.tensor([0.0, 1.0, 1.0 + 1e-10], dtype=torch.float64)  # increasing in float64, not in float32
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ops.twohot(torch.tensor([1.0]), bins)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ops.twohot_cross_entropy(torch.zeros(1, 3), torch.tensor([1.0]), bins)
+    assert torch.isfinite(ops.twohot(torch.tensor([1.0], dtype=torch.float64), bins)).all()
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32, torch.float16), (torch.float64, torch.float32, torch.float16),
+                                    (torch.float16, torch.float16, torch.float16), (torch.bfloat16, torch.float32, torch.float32)])
+def test_lambda_return_dtype_same_on_both_backends(dtypes):
+    r, c, v = (torch.randn(4, 3).to(dtypes[0]), torch.ones(4, 3).to(dtypes[1]), torch.randn(5, 3).to(dtypes[2]))
+    got = {}
+    for backend in ("kernels", "reference"):
+        ops.set_backend(backend)
+        got[backend] = ops.lambda_return(r, c, v, 0.99, 0.95)
+    assert got["kernels"].dtype == got["reference"].dtype
+    assert torch.allclose(got["kernels"].float(), got["reference"].float(), atol=2e-2, rtol=1e-2)
+
+
+def test_kernel_impls_refuse_mixed_devices_instead_of_crashing():
+    from dreamer_ext.ops import _kernels
+    cpu, meta = torch.zeros(2), torch.zeros(2, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        _kernels._twohot_ce_fwd_impl(torch.zeros(2, 3), meta, torch.arange(3.0))
+    with pytest.raises(ValueError, match="one device"):
+        _kernels._lambda_return_impl(cpu[None], cpu[None], meta.expand(2, 2), 0.9, 0.9)
+    with pytest.raises(ValueError, match="one device"):
+        _kernels._twohot_impl(cpu, torch.arange(3.0, device="meta"))

@@ -145,6 +145,13 @@ template <typename T> DX_HD T twohot_weight(const TwohotPos<T>& p, int64_t k) {
   return p.w_lo != p.w_lo ? p.w_lo : w;
 }
 
+// sum_k twohot_k * l_k over the two weighted bins. A zero-weight bin contributes exactly 0 even when
+// its logit is -inf (so the loss stays finite); a NaN weight (NaN target) gives NaN.
+template <typename T> DX_HD T twohot_dot(const TwohotPos<T>& p, const T* l) {
+  const T w_hi = T(1) - p.w_lo;
+  return (p.w_lo != T(0) ? p.w_lo * l[p.lo] : T(0)) + (w_hi != T(0) ? w_hi * l[p.lo + 1] : T(0));
+}
+
 // One step of the reverse λ-return recursion.
 template <typename T> DX_HD T lambda_step(T reward, T cont, T next_value, T next_return, T gamma, T lam) {
   return reward + gamma * cont * ((T(1) - lam) * next_value + lam * next_return);

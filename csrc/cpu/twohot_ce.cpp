@@ -43,7 +43,7 @@ template <typename T> DX_INLINE void fwd_rows(const TwohotCEParams<T>& p, int64_
     const TwohotPos<T> pos = twohot_pos(p.target[i], p.bins, K);
     p.lse[i] = lse;
     // -sum_k w_k (l_k - lse) with sum_k w_k = 1; a NaN target gives NaN through w_lo
-    p.loss[i] = lse - (pos.w_lo * l[pos.lo] + (T(1) - pos.w_lo) * l[pos.lo + 1]);
+    p.loss[i] = lse - twohot_dot(pos, l);
   }
 }
 

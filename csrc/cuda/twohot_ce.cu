@@ -47,7 +47,7 @@ template <typename T> __global__ void twohot_ce_fwd_kernel(TwohotCEParams<T> p) 
     const T lse = nan ? T(NAN) : (mx == -INFINITY ? mx : mx + dx::log_(s));
     const TwohotPos<T> pos = twohot_pos(p.target[row], p.bins, p.K);
     p.lse[row] = lse;
-    p.loss[row] = lse - (pos.w_lo * l[pos.lo] + (T(1) - pos.w_lo) * l[pos.lo + 1]);
+    p.loss[row] = lse - twohot_dot(pos, l);
   }
 }
 

@@ -99,23 +99,31 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 _validated_bins: dict = {}
 
 
-def _check_bins(bins, x_name: str, x: torch.Tensor) -> None:
+def _check_bins(bins, x_name: str, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Validates ``bins`` and returns them detached in ``dtype``, the dtype the op computes in.
+
+    Monotonicity is checked after that cast, so bins that collapse when rounded (e.g. float64 bins closer
+    than float32 can represent) raise instead of silently producing NaN rows.
+    """
     _check_tensor("bins", bins)
     if bins.dim() != 1 or bins.shape[0] < 2:
         raise ValueError(f"bins must be a 1-D tensor with at least 2 entries, got shape {tuple(bins.shape)}")
     _check_same_device(x_name, x, "bins", bins)
+    cast = bins.detach().to(dtype)
     if torch.compiler.is_compiling():
-        return
-    # Monotonicity costs a reduction (and a device sync on CUDA): check each bins tensor once, again after any
-    # in-place change (its version counter moves). The weakref makes a recycled id() miss the cache.
-    hit = _validated_bins.get(id(bins))
+        return cast
+    # Monotonicity costs a reduction (and a device sync on CUDA): check each bins tensor once per compute dtype,
+    # again after any in-place change (its version counter moves). The weakref makes a recycled id() miss the cache.
+    key = (id(bins), dtype)
+    hit = _validated_bins.get(key)
     if hit is not None and hit[0]() is bins and hit[1] == bins._version:
-        return
-    if not bool((bins[1:] > bins[:-1]).all()):
-        raise ValueError("bins must be strictly increasing (and free of NaN)")
+        return cast
+    if not bool((cast[1:] > cast[:-1]).all()):
+        raise ValueError(f"bins must be strictly increasing (and free of NaN) in {dtype}, the dtype the op computes in")
     if len(_validated_bins) > 64:
         _validated_bins.clear()
-    _validated_bins[id(bins)] = (weakref.ref(bins), bins._version)
+    _validated_bins[key] = (weakref.ref(bins), bins._version)
+    return cast
 
 
 # ---- public ops --------------------------------------------------------------------------------------
@@ -161,11 +169,11 @@ def twohot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     Not differentiable (an encoding of targets).
     """
     _check_tensor("x", x)
-    _check_bins(bins, "x", x)
     if _backend == "reference":
-        return reference.twohot(x.detach(), bins.to(x.dtype))
+        return reference.twohot(x.detach(), _check_bins(bins, "x", x, x.dtype))
     dt = _compute_dtype(x)
-    xc, bc = x.detach().to(dt), bins.detach().to(dt)
+    bc = _check_bins(bins, "x", x, dt)
+    xc = x.detach().to(dt)
     out = _kernel_module._twohot_impl(xc, bc) if _eager_direct() else torch.ops.dreamer_ext.twohot(xc, bc)
     return out.to(x.dtype)
 
@@ -178,8 +186,9 @@ def twohot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch
     """
     _check_tensor("logits", logits)
     _check_tensor("target", target)
-    _check_bins(bins, "logits", logits)
     _check_same_device("logits", logits, "target", target)
+    dt = logits.dtype if _backend == "reference" else _compute_dtype(logits)
+    bc = _check_bins(bins, "logits", logits, dt)
     if logits.dim() < 1 or logits.shape[-1] != bins.shape[0]:
         raise ValueError(f"logits must have shape [..., K] with K = len(bins) = {bins.shape[0]}, "
                          f"got {tuple(logits.shape)}")
@@ -187,9 +196,8 @@ def twohot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch
         raise ValueError(f"target must have shape {tuple(logits.shape[:-1])} (logits without its last dim), "
                          f"got {tuple(target.shape)}")
     if _backend == "reference":
-        return reference.twohot_cross_entropy(logits, target.detach(), bins.to(logits.dtype))
-    dt = _compute_dtype(logits)
-    lc, tc, bc = logits.to(dt), target.detach().to(dt), bins.detach().to(dt)
+        return reference.twohot_cross_entropy(logits, target.detach(), bc)
+    lc, tc = logits.to(dt), target.detach().to(dt)
     if _eager_direct(lc):
         loss, _ = _kernel_module._twohot_ce_fwd_impl(lc, tc, bc)
     else:
@@ -220,12 +228,11 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     reward, cont, value = reward.detach(), cont.detach(), value.detach()
+    # the result has the promoted dtype of the three inputs on both backends
+    out_dt = torch.promote_types(torch.promote_types(reward.dtype, cont.dtype), value.dtype)
     if _backend == "reference":
-        dt = torch.promote_types(torch.promote_types(reward.dtype, cont.dtype), value.dtype)
-        return reference.lambda_return(reward.to(dt), cont.to(dt), value.to(dt), gamma, lam)
-    dt = _compute_dtype(value)
-    if reward.dtype != value.dtype or cont.dtype != value.dtype:
-        dt = torch.promote_types(torch.promote_types(_compute_dtype(reward), _compute_dtype(cont)), dt)
+        return reference.lambda_return(reward.to(out_dt), cont.to(out_dt), value.to(out_dt), gamma, lam)
+    dt = torch.float32 if out_dt in _UPCAST else out_dt
     args = (reward.to(dt), cont.to(dt), value.to(dt), float(gamma), float(lam))
     out = _kernel_module._lambda_return_impl(*args) if _eager_direct() else torch.ops.dreamer_ext.lambda_return(*args)
-    return out.to(value.dtype) if value.dtype in _UPCAST else out
+    return out.to(out_dt)

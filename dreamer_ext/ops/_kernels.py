@@ -35,6 +35,15 @@ def _launch(t: torch.Tensor, emulate: bool) -> tuple:
     return _DTYPE_CODE[t.dtype], False, torch.get_num_threads(), 0
 
 
+def _same_device(*tensors: torch.Tensor) -> None:
+    """Last line of defence for direct ``torch.ops.dreamer_ext.*`` calls (dreamer_ext.ops validates first):
+    a pointer from another device would crash the kernel instead of raising."""
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device != dev:
+            raise ValueError(f"dreamer_ext kernels need all tensors on one device, got {dev} and {t.device}")
+
+
 class _on_device:
     """Makes ``t``'s GPU current for the call (a no-op on CPU)."""
 
@@ -74,6 +83,7 @@ def _symexp_impl(x, mod=_C, emulate=False):
 
 # ---- twohot ----------------------------------------------------------------------------------------
 def _twohot_impl(x, bins, mod=_C, emulate=False):
+    _same_device(x, bins)
     x, bins = x.contiguous(), bins.contiguous()
     K = bins.shape[0]
     out = torch.empty(*x.shape, K, dtype=x.dtype, device=x.device)
@@ -84,6 +94,7 @@ def _twohot_impl(x, bins, mod=_C, emulate=False):
 
 # ---- twohot cross-entropy ---------------------------------------------------------------------------
 def _twohot_ce_fwd_impl(logits, target, bins, mod=_C, emulate=False):
+    _same_device(logits, target, bins)
     logits, target, bins = logits.contiguous(), target.contiguous(), bins.contiguous()
     K = bins.shape[0]
     loss = torch.empty(target.shape, dtype=logits.dtype, device=logits.device)
@@ -95,6 +106,7 @@ def _twohot_ce_fwd_impl(logits, target, bins, mod=_C, emulate=False):
 
 
 def _twohot_ce_bwd_impl(grad, logits, target, bins, lse, mod=_C, emulate=False):
+    _same_device(grad, logits, target, bins, lse)
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     bins, lse = bins.contiguous(), lse.contiguous()
     out = torch.empty_like(logits)
@@ -106,6 +118,7 @@ def _twohot_ce_bwd_impl(grad, logits, target, bins, lse, mod=_C, emulate=False):
 
 # ---- λ-return ----------------------------------------------------------------------------------------
 def _lambda_return_impl(reward, cont, value, gamma, lam, mod=_C, emulate=False):
+    _same_device(reward, cont, value)
     reward, cont, value = reward.contiguous(), cont.contiguous(), value.contiguous()
     out = torch.empty_like(reward)
     steps = reward.shape[0]

@@ -43,9 +43,14 @@ def twohot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def twohot_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """``-sum_k twohot(target, bins)_k * log_softmax(logits)_k``: ``logits[..., K]``, ``target[...]`` -> ``[...]``."""
+    """``-sum_k twohot(target, bins)_k * log_softmax(logits)_k``: ``logits[..., K]``, ``target[...]`` -> ``[...]``.
+
+    Bins with zero weight contribute 0 (so a -inf logit there leaves the loss finite).
+    """
     weights = twohot(target.detach(), bins).to(logits.dtype)
-    return -(weights * torch.log_softmax(logits, dim=-1)).sum(-1)
+    # zero-weight bins contribute exactly 0, also where a logit is -inf (0 * -inf would be NaN)
+    terms = torch.where(weights == 0, torch.zeros_like(weights), weights * torch.log_softmax(logits, dim=-1))
+    return -terms.sum(-1)
 
 
 def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
