@@ -47,11 +47,16 @@ def tune_cpu_allocator() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; ``"cpu"``/``"cuda"`` as given."""
+    """``"auto"`` -> cuda if available else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Raises ValueError (starting with ``device:``) for other names and for cuda without a visible GPU.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ValueError(f"device: expected auto|cpu|cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but torch.cuda.is_available() is False")
     return torch.device(name)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import cli, ops
+from .agent import resolve_device
 from .config import Config, config_to_dict
 from .envs import make_env
 from .envs.atari import is_atari_id
@@ -51,15 +52,6 @@ envs only). --train_ratio = replayed steps per env step, i.e. train_ratio / (bat
 
 
 # ---------------------------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU raises ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -8,6 +8,8 @@ differentiable ones have autograd formulas registered the torch.library way.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .. import _C
@@ -44,19 +46,9 @@ def _same_device(*tensors: torch.Tensor) -> None:
             raise ValueError(f"dreamer_ext kernels need all tensors on one device, got {dev} and {t.device}")
 
 
-class _on_device:
-    """Makes ``t``'s GPU current for the call (a no-op on CPU)."""
-
-    def __init__(self, t: torch.Tensor):
-        self.guard = torch.cuda.device(t.device) if t.is_cuda else None
-
-    def __enter__(self):
-        if self.guard is not None:
-            self.guard.__enter__()
-
-    def __exit__(self, *exc):
-        if self.guard is not None:
-            self.guard.__exit__(*exc)
+def _on_device(t: torch.Tensor):
+    """Context that makes ``t``'s GPU current for the call (nothing on CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ---- symlog / symexp ----------------------------------------------------------------------------
