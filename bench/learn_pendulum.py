@@ -6,4 +6,4 @@ Usage: ``PYTHONPATH=. python bench/learn_pendulum.py [--device=cuda] [--seed=0] 
 from _learn import run
 
 if __name__ == "__main__":
-    run(env="Pendulum-v1", preset="size1m", steps=30_000, train_ratio=128, num_envs=1)
+    run(env="Pendulum-v1", preset="size1m", steps=30_000, train_ratio=256, num_envs=1)

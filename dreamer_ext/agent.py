@@ -158,9 +158,12 @@ class Agent(nn.Module):
         """One full update: world model, imagination, actor, critic, optimiser, slow critic, return norm.
 
         Returns scalar metrics (loss terms, KL dyn/rep, entropies, return scale, grad norms, ...) as floats.
+        A non-finite loss or gradient skips the update (``opt/skipped`` = 1): parameters, optimiser state and every
+        buffer (return scale, slow-critic counter, objective state) are left exactly as they were.
         """
         self.train()
         data = self._prepare(batch)
+        saved_buffers = [b.detach().clone() for b in self.buffers()]
         self.opt.zero_grad()
         wm_loss, post, metrics = self.wm.loss(data)
         wm_loss.backward()  # frees the world-model graph before imagination
@@ -171,11 +174,16 @@ class Agent(nn.Module):
         beh_loss, beh_metrics = self.behavior.loss(self.wm, start, start_cont)
         beh_loss.backward()
         metrics.update(beh_metrics)
-        opt_metrics = self.opt.step()
+        losses_finite = bool(torch.isfinite(wm_loss.detach()) & torch.isfinite(beh_loss.detach()))
+        opt_metrics = self.opt.step(allow=losses_finite)
         metrics.update(opt_metrics)
         ok = bool(opt_metrics["opt/skipped"] == 0)
         if ok:
             self.behavior.update_slow()
+        else:  # undo buffer updates made while computing the losses (e.g. the return scale EMA)
+            with torch.no_grad():
+                for buf, old in zip(self.buffers(), saved_buffers):
+                    buf.copy_(old)
         self.wm.objective.after_update(self.wm, data, metrics, ok)
         keys = list(metrics)
         vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys]).tolist()

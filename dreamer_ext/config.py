@@ -165,6 +165,13 @@ class Config:
     log_every: int = _f(1_000, "policy steps between metric logs")
     num_envs: int = _f(1, "parallel environments")
     action_repeat: int = _f(4, "env frames per policy step")
+    # ---- run management ----
+    checkpoint_every: int = _f(10_000, "policy steps between checkpoints (0: only at the end)")
+    checkpoint_keep: int = _f(2, "newest checkpoints kept in <logdir>/checkpoints")
+    resume: bool = _f(False, "continue the run in --logdir from its latest checkpoint (fresh start if it has none)")
+    tensorboard: bool = _f(True, "write TensorBoard event files into the run directory")
+    media_every: int = _f(10_000, "policy steps between reconstruction images and eval episode GIFs (image obs; 0 off)")
+    video_frames: int = _f(500, "maximum frames of a logged eval episode GIF")
     # ---- training ----
     train_ratio: float = _f(256.0, "replayed steps per policy step (V2 256, V1 1024)")
     batch_size: int = _f(16, "batch size B")
@@ -352,7 +359,8 @@ def _validate(cfg: Config) -> None:
     choice("precision", ("fp32",))
     choice("heads.bins", ("symlog", "symexp"))
     choice("optim.kind", ("laprop", "adam"))
-    for p in ("steps", "eval_episodes", "log_every", "num_envs", "action_repeat", "train_ratio", "batch_size",
+    for p in ("steps", "checkpoint_keep", "video_frames", "eval_episodes", "log_every", "num_envs", "action_repeat",
+              "train_ratio", "batch_size",
               "batch_length", "replay_capacity", "rssm.deter", "rssm.hidden", "rssm.stoch", "rssm.classes",
               "rssm.blocks", "rssm.prior_layers", "rssm.post_layers", "encoder.cnn_depth", "encoder.kernel",
               "encoder.mlp_units", "encoder.mlp_layers", "decoder.cnn_depth", "decoder.kernel", "decoder.mlp_units",
@@ -362,7 +370,8 @@ def _validate(cfg: Config) -> None:
               "optim.ac_lr", "optim.ac_eps", "optim.agc_pmin", "repo.beta_init", "repo.beta_lr", "repo.beta_min",
               "repo.beta_max"):
         pos(p)
-    for p in ("eval_every", "rssm.dyn_layers", "loss.pred", "loss.dyn", "loss.rep", "loss.free_bits",
+    for p in ("eval_every", "checkpoint_every", "media_every", "rssm.dyn_layers", "loss.pred", "loss.dyn", "loss.rep",
+              "loss.free_bits",
               "loss.actor", "loss.critic", "actor.entropy", "critic.slow_reg", "optim.agc", "optim.warmup",
               "optim.model_clip", "optim.ac_clip", "imag.retnorm_limit", "repo.epsilon"):
         pos(p, allow_zero=True)

@@ -123,11 +123,13 @@ class Optimizer:
         return out
 
     @torch.no_grad()
-    def step(self) -> dict[str, torch.Tensor]:
+    def step(self, allow: bool = True) -> dict[str, torch.Tensor]:
+        """Apply the gradients unless ``allow`` is False or any gradient is non-finite (then ``opt/skipped`` = 1,
+        the gradients are dropped and no parameter or optimiser state changes)."""
         norms = self.grad_norms()
         total = torch.linalg.vector_norm(torch.stack([n.to(torch.float32).cpu() for n in norms.values()]))
         metrics = {f"grad_norm/{k}": v for k, v in norms.items()}
-        ok = bool(torch.isfinite(total))
+        ok = allow and bool(torch.isfinite(total))
         metrics["opt/skipped"] = torch.tensor(0.0 if ok else 1.0)
         if not ok:
             self.zero_grad()

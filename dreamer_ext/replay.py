@@ -17,7 +17,7 @@ consecutive steps (numpy arrays, uint8 images stay uint8). Position ``p`` of a s
   windows from the queue (oldest first, each exactly once; windows whose data was evicted meanwhile are dropped), then fills the
   rest of the batch uniformly.
 
-Persistence (next step): chunks are immutable once ``full``; each has a unique ``uid`` and knows its ``worker`` and stream
+Persistence: chunks are immutable once ``full``; each has a unique ``uid`` and knows its ``worker`` and stream
 ``start``, so saving only the chunks completed since the last save is enough to write the replay incrementally.
 ``state_dict()`` holds everything else (counters, stream bounds, online queue, RNG state) as plain JSON-able values.
 """
@@ -250,7 +250,74 @@ class Replay:
             "streams": {str(w): [s.begin, s.end] for w, s in self.streams.items()},
             "online_queue": [list(x) for x in self.online_queue],
             "rng": self.rng.bit_generator.state,
+            "spec": {k: [list(shape), np.dtype(dtype).str] for k, (shape, dtype) in (self._spec or {}).items()},
         }
+
+    def load_state_dict(self, state: dict, chunks: list[Chunk]) -> None:
+        """Restore a replay saved as ``state_dict()`` plus its retained chunks (any order; full and partial).
+
+        The settings (capacity, length, chunk size, online, stride) must match this instance's. Raises ValueError
+        naming what is inconsistent (a missing or overlapping chunk, a chunk not covering its stream, ...).
+        """
+        for key in ("capacity", "length", "chunk_size", "online", "online_stride"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state[{key!r}]: saved replay has {state[key]!r}, this replay {getattr(self, key)!r}")
+        spec = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in state["spec"].items()} or None
+        by_worker: dict[int, list[Chunk]] = collections.defaultdict(list)
+        for c in chunks:
+            by_worker[c.worker].append(c)
+        streams: dict[int, _Stream] = {}
+        for key, (begin, end) in state["streams"].items():
+            w = int(key)
+            cs = sorted(by_worker.pop(w, []), key=lambda c: c.start)
+            stream = _Stream(collections.deque(cs), int(begin), int(end))
+            if begin < end:
+                if not cs:
+                    raise ValueError(f"chunks: stream {w} holds positions [{begin}, {end}) but no chunk was given")
+                if not (cs[0].start <= begin < cs[0].start + cs[0].size):
+                    raise ValueError(f"chunks: first chunk of stream {w} starts at {cs[0].start}, stream begins at {begin}")
+                if cs[-1].start + cs[-1].count != end:
+                    raise ValueError(f"chunks: last chunk of stream {w} ends at {cs[-1].start + cs[-1].count}, "
+                                     f"stream ends at {end}")
+            for a, b in zip(cs, cs[1:]):
+                if not a.full or b.start != a.start + a.size:
+                    raise ValueError(f"chunks: stream {w} has a gap or a partial chunk between uids {a.uid} and {b.uid}")
+            for c in cs:
+                for k, (shape, dtype) in (spec or {}).items():
+                    arr = c.data.get(k)
+                    if arr is None or arr.shape != (c.size,) + shape or arr.dtype != dtype:
+                        got = None if arr is None else (arr.shape, arr.dtype.str)
+                        raise ValueError(f"chunks: chunk {c.uid} entry {k!r} is {got}, expected {((c.size,) + shape)}")
+            streams[w] = stream
+        if by_worker:
+            raise ValueError(f"chunks: given for workers {sorted(by_worker)} that the saved state does not have")
+        self._spec = spec
+        self.streams = streams
+        for key in ("size", "inserted", "evicted", "sampled", "sampled_online", "next_uid"):
+            setattr(self, key, int(state[key]))
+        self.online_queue = collections.deque((int(w), int(s)) for w, s in state["online_queue"])
+        self.rng.bit_generator.state = state["rng"]
+        stored = sum(s.end - s.begin for s in streams.values())
+        if stored != self.size:
+            raise ValueError(f"state['size']: {self.size} but the streams hold {stored} steps")
+
+    @staticmethod
+    def chunk_from_arrays(uid: int, worker: int, start: int, size: int, count: int, data: dict,
+                          time: np.ndarray) -> Chunk:
+        """A chunk of capacity ``size`` holding the first ``count`` rows ``data[key][:count]`` (rows beyond are zeros)."""
+        if not 0 <= count <= size:
+            raise ValueError(f"count: must be in [0, {size}], got {count}")
+        full = {}
+        for k, arr in data.items():
+            arr = np.asarray(arr)
+            if arr.shape[0] != count and arr.shape[0] != size:
+                raise ValueError(f"data[{k!r}]: leading size {arr.shape[0]}, expected {count} or {size}")
+            out = np.zeros((size,) + arr.shape[1:], arr.dtype)
+            out[:count] = arr[:count]
+            full[k] = out
+        t = np.zeros(size, np.int64)
+        t[:count] = np.asarray(time)[:count]
+        return Chunk(int(uid), int(worker), int(start), int(size), full, t, int(count))
 
     def chunks(self, since_uid: int = 0, full_only: bool = True) -> list[Chunk]:
         """Retained chunks with ``uid >= since_uid`` (the unit of incremental persistence), oldest first."""

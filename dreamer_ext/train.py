@@ -2,34 +2,43 @@
 
 One readable loop, top to bottom (CleanRL style):
 
-1. parse the config (every Config field is a ``--dotted.option``; ``--help`` lists them),
+1. parse the config (every Config field is a ``--dotted.option``; ``--help`` lists them); with ``--resume`` the saved
+   config of the run is the base and the options given on the command line are applied on top,
 2. resolve the device, set the ops backend, seed everything,
 3. make ``num_envs`` train environments and a separate eval environment,
-4. write ``config.json`` into the run directory, build the agent and the replay,
-5. loop: act -> step envs -> add to replay -> train (keeping the train ratio) -> evaluate -> log.
+4. build the agent and the replay; on resume load them, the counters and the RNG states from the newest checkpoint,
+5. loop: act -> step envs -> add to replay -> train (keeping the train ratio) -> evaluate -> log -> checkpoint.
 
 Units
 -----
 * **env steps** = policy steps summed over all training environments: one agent decision in one environment is one env step
-  (with action repeat k on Atari, one env step = k emulator frames). ``--steps``, ``--eval_every`` and ``--log_every`` count
-  env steps. With ``--num_envs=N`` every loop iteration adds N env steps.
+  (with action repeat k on Atari, one env step = k emulator frames). ``--steps``, ``--eval_every``, ``--log_every``,
+  ``--checkpoint_every`` and ``--media_every`` count env steps. With ``--num_envs=N`` every loop iteration adds N env steps.
 * **train ratio** = replayed steps / env steps. One update replays ``batch_size x batch_length`` steps, so the loop performs
   ``train_ratio / (batch_size * batch_length)`` updates per env step, accumulating the fractional part. Training starts once
   ``batch_size x batch_length`` steps are stored (the first qualifying iteration does one update).
 
-Outputs in the run directory: ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per line with ``step`` and
-scalars: train losses averaged since the last log, ``episode_return``, ``eval_return``). Checkpoints / TensorBoard / resume
-hook in at the ``Logger`` and ``TrainState`` seams below.
+Run directory
+-------------
+``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per line: ``step``, ``time`` and scalars),
+TensorBoard event files (the same scalars under the same names, reconstruction images ``recon/<key>`` and eval episode
+GIFs ``eval/episode``), ``checkpoints/ckpt-<step>.pt`` and ``replay/chunk-<uid>.npz`` (see :mod:`dreamer_ext.checkpoint`).
+On resume, rows and events logged after the checkpoint (by the run that was stopped) are dropped, so the logs describe
+exactly the training that the resumed state went through.
+
+Stopping: SIGTERM or Ctrl-C writes a checkpoint at the next loop iteration and exits (a second Ctrl-C stops at once).
+A SIGKILL loses only what happened since the last checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -37,18 +46,27 @@ import torch
 
 from . import cli, ops
 from .agent import resolve_device
-from .config import Config, config_to_dict
+from .checkpoint import Checkpointer, CheckpointError, atomic_write, list_checkpoints, load_checkpoint, rng_state, \
+    set_rng_state
+from .config import Config, config_from_dict, config_to_dict
 from .envs import make_env
-from .envs.atari import is_atari_id
+from .envs.spec import EnvSpec
+from .evaluate import env_kwargs, run_episodes, summarize, to_torch
 from .replay import Replay
+from .runlog import RunLogger
+
+__all__ = ["train", "main", "TrainState", "seed_everything", "env_kwargs", "to_torch", "parse_args"]
 
 PROG = "python -m dreamer_ext.train"
 DESCRIPTION = """Train a DreamerV3 agent on a gymnasium or Atari (ALE/<Game>-v5, Atari100k protocol) environment.
 
-Units: "env steps" (--steps, --eval_every, --log_every) are policy steps summed over all --num_envs training environments
-(one agent decision in one env = 1 env step; on Atari one env step = --action_repeat frames; --action_repeat applies to ALE
-envs only). --train_ratio = replayed steps per env step, i.e. train_ratio / (batch_size * batch_length) updates per env step.
---preset is applied first, then the other options, in any order."""
+Units: "env steps" (--steps, --eval_every, --log_every, --checkpoint_every, --media_every) are policy steps summed over all
+--num_envs training environments (one agent decision in one env = 1 env step; on Atari one env step = --action_repeat
+frames; --action_repeat applies to ALE envs only). --train_ratio = replayed steps per env step, i.e.
+train_ratio / (batch_size * batch_length) updates per env step. --preset is applied first, then the other options.
+--resume continues the run in --logdir from its newest checkpoint, with its saved config plus the options given here."""
+
+_ENV_SEED_STRIDE = 1_000_003  # train envs of the k-th resume are seeded seed + k * stride (fresh episodes, no repeats)
 
 
 # ---------------------------------------------------------------------------------------------------------------- helpers
@@ -58,118 +76,157 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def env_kwargs(cfg: Config) -> dict:
-    """Constructor arguments for the environments (action repeat only applies to Atari)."""
-    return {"repeat": cfg.action_repeat} if is_atari_id(cfg.env) else {}
-
-
 def default_logdir(cfg: Config) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.env)
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}")
 
 
-def to_torch(arrays: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy dict -> torch dict on ``device`` (dtypes preserved: uint8 images, float32 vectors, bool flags)."""
-    return {k: torch.as_tensor(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in arrays.items()}
-
-
-class Logger:
-    """Appends scalars to ``metrics.jsonl``. (TensorBoard slots in here.)"""
-
-    def __init__(self, logdir: str):
-        self.path = os.path.join(logdir, "metrics.jsonl")
-        self._file = open(self.path, "a", buffering=1)
-
-    def write(self, step: int, scalars: dict) -> None:
-        row = {"step": int(step), "time": round(time.time(), 3)}
-        row.update({k: float(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(row) + "\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
 @dataclasses.dataclass
 class TrainState:
-    """Loop counters (everything a resume needs besides agent and replay)."""
+    """Loop counters (everything a resume needs besides agent, replay and RNG states)."""
 
     step: int = 0  # env steps so far (summed over envs)
-    updates: int = 0  # agent.train_step calls
+    updates: int = 0  # agent.train_step calls (skipped ones included)
+    skipped_updates: int = 0  # updates skipped because a loss or gradient was non-finite
     update_budget: float = 0.0  # fractional updates owed to keep the train ratio
     training: bool = False  # whether training has started (>= B*T steps stored)
     episodes: int = 0
     next_eval: int = 0
     last_eval: int = -1  # env step of the last evaluation
     next_log: int = 0
+    next_checkpoint: int = 0
+    next_media: int = 0  # reconstruction images
+    next_video: int = 0  # eval episode GIF (taken at the first evaluation at or after this step)
+    resumes: int = 0  # how many times this run was resumed
+    train_seconds: float = 0.0  # wall time spent in the loop, over all segments of the run
 
 
-def evaluate(agent, env, episodes: int, device: torch.device) -> dict:
-    """Run exactly ``episodes`` complete episodes with ``mode="eval"``; env i runs episodes i, i+n, ... (no bias to short
-    episodes). Returns mean/std/min/max return and mean length."""
-    n = env.num_envs
-    quota = np.array([len(range(i, episodes, n)) for i in range(n)])
-    returns, lengths = [], []
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, np.int64)
-    obs = env.reset()
-    carry = agent.initial_carry(n)
-    while (quota > 0).any():
-        with torch.no_grad():
-            action, carry = agent.policy(to_torch(obs, device), carry, mode="eval")
-        obs = env.step(action.detach().cpu().numpy().astype(np.float32))
-        ep_ret += obs["reward"]
-        ep_len += ~obs["is_first"]
-        for i in np.flatnonzero(obs["is_last"]):
-            if quota[i] > 0:
-                returns.append(ep_ret[i])
-                lengths.append(ep_len[i])
-                quota[i] -= 1
-            ep_ret[i], ep_len[i] = 0.0, 0
-    r = np.array(returns, np.float64)
-    return {
-        "eval_return": float(r.mean()),
-        "eval_return_std": float(r.std()),
-        "eval_return_min": float(r.min()),
-        "eval_return_max": float(r.max()),
-        "eval_length": float(np.mean(lengths)),
-    }
+class _StopRequest:
+    """SIGTERM / SIGINT -> finish the current iteration, checkpoint, exit. A second SIGINT stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def parse_args(argv=None) -> tuple[Config, dict | None]:
+    """Command line -> (config, newest checkpoint payload or None). Raises cli.CLIError / CheckpointError.
+
+    Without ``--resume`` this is the plain generated CLI. With ``--resume`` and a checkpoint in ``--logdir``, the
+    checkpoint's config is the base and the given options override it (the preset cannot change).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = cli.parse(argv, prog=PROG, description=DESCRIPTION)
+    if not cfg.resume:
+        return cfg, None
+    if not cfg.logdir:
+        raise cli.CLIError("--resume: needs --logdir (the run directory to continue)")
+    if not list_checkpoints(cfg.logdir):
+        return cfg, None
+    payload = load_checkpoint(cfg.logdir)
+    saved = config_from_dict(payload["config"])
+    resumed = cli.parse(argv, make_default=lambda: config_from_dict(payload["config"]), apply_preset_fn=None,
+                        prog=PROG, description=DESCRIPTION)
+    if resumed.preset != saved.preset:
+        raise cli.CLIError(f"--preset: the run in {cfg.logdir} uses {saved.preset}; a resumed run keeps its preset")
+    resumed.logdir, resumed.resume = cfg.logdir, True
+    return resumed, payload
+
+
+def _config_changes(old: dict, new: dict) -> list[str]:
+    skip = {"resume", "logdir"}
+    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in sorted(new.items()) if k not in skip and old.get(k) != v]
 
 
 # ------------------------------------------------------------------------------------------------------------------- main
-def train(cfg: Config) -> dict:
-    """Run the whole training described by ``cfg``; returns the last eval metrics (empty if none ran)."""
+def train(cfg: Config, resume_payload: dict | None = None) -> dict:
+    """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
+    summary. ``resume_payload``: an already loaded checkpoint of ``cfg.logdir`` (else the newest one is loaded)."""
     from tqdm import tqdm
 
     from .agent import Agent
 
-    # ---- device, kernels, seeds ----
+    # ---- device, kernels ----
     device = resolve_device(cfg.device)
     try:
         ops.set_backend(cfg.backend)
     except (ImportError, ValueError) as e:
         raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-    seed_everything(cfg.seed)
 
-    # ---- environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
+    # ---- run directory, checkpoint to resume from ----
+    logdir = cfg.logdir or default_logdir(cfg)
+    cfg.logdir = logdir
+    existing = list_checkpoints(logdir)
+    if existing and not cfg.resume:
+        raise cli.CLIError(f"--logdir={logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
+                           f"or choose another --logdir")
+    payload = resume_payload
+    if payload is None and cfg.resume and existing:
+        payload = load_checkpoint(logdir)
+    if payload is not None:
+        changes = _config_changes(payload["config"], config_to_dict(cfg))
+        print(f"resume: {payload['path']} (step {payload['step']})"
+              + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
+    elif cfg.resume:
+        print(f"resume: no checkpoint in {logdir}; starting a new run", flush=True)
+    os.makedirs(logdir, exist_ok=True)
+    text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
+    atomic_write(os.path.join(logdir, "config.json"), lambda f: f.write(text.encode()))
+
+    # ---- counters, seeds, environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
+    st = TrainState(next_eval=cfg.eval_every, next_log=cfg.log_every,
+                    next_checkpoint=cfg.checkpoint_every or cfg.steps, next_media=0, next_video=0)
+    if payload is not None:
+        st = TrainState(**payload["train_state"])
+        st.resumes += 1
+    seed_everything(cfg.seed)
     try:
-        envs = make_env(cfg.env, cfg.seed, cfg.num_envs, **env_kwargs(cfg))
-        eval_envs = make_env(cfg.env, cfg.seed + 10_000, max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
+        envs = make_env(cfg.env, cfg.seed + st.resumes * _ENV_SEED_STRIDE, cfg.num_envs, **env_kwargs(cfg))
+        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + st.resumes * _ENV_SEED_STRIDE,
+                             max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
     spec = envs.spec
 
-    # ---- run directory ----
-    logdir = cfg.logdir or default_logdir(cfg)
-    os.makedirs(logdir, exist_ok=True)
-    cfg.logdir = logdir
-    with open(os.path.join(logdir, "config.json"), "w") as f:
-        json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
-    logger = Logger(logdir)
-
-    # ---- agent and replay ----
+    # ---- agent, replay, checkpointer, logger ----
     agent = Agent(cfg, spec)
-    params = agent.param_count()
     B, T, N = cfg.batch_size, cfg.batch_length, cfg.num_envs
     replay = Replay(cfg.replay_capacity, T, online=cfg.replay_online, seed=cfg.seed)
+    ckpt = Checkpointer(logdir, keep=cfg.checkpoint_keep)
+    if payload is not None:
+        saved_spec = EnvSpec(**payload["spec"])
+        if saved_spec != spec:
+            raise CheckpointError(f"checkpoint {payload['path']!r}: trained on {saved_spec}, {cfg.env} now gives {spec}")
+        try:
+            agent.load_checkpoint_state(payload["agent"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {payload['path']!r}: does not fit the model of this config "
+                                  f"({str(e).splitlines()[0]})") from None
+        payload = ckpt.load(payload["path"], replay)  # restores the replay from its chunks
+        set_rng_state(payload["rng"])
+        logger = RunLogger(logdir, cfg.tensorboard, purge_step=st.step + 1,
+                           metrics_offset=payload["logs"]["metrics_offset"])
+    else:
+        logger = RunLogger(logdir, cfg.tensorboard)
+    del payload  # the replay chunks and model tensors are now owned by the replay and the agent
+
+    params = agent.param_count()
     print(f"logdir: {logdir}", flush=True)
     print(f"device: {device} (torch threads: {torch.get_num_threads()})", flush=True)
     print(f"backend: {ops.get_backend()}", flush=True)
@@ -178,108 +235,171 @@ def train(cfg: Config) -> dict:
     print(f"train: steps={cfg.steps} train_ratio={cfg.train_ratio} updates/env-step={cfg.train_ratio / (B * T):.4g} "
           f"(B={B}, T={T}, starts after {B * T} stored steps)", flush=True)
 
+    def save_checkpoint() -> str:
+        logger.flush()
+        path = ckpt.save(st.step, {
+            "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec), "agent": agent.checkpoint_state(),
+            "train_state": dataclasses.asdict(st), "rng": rng_state(),
+            "logs": {"metrics_offset": logger.jsonl_offset()},
+            "saved_at": time.time(), "torch_version": str(torch.__version__),
+        }, replay)
+        return path
+
     # ---- loop ----
-    st = TrainState(next_eval=cfg.eval_every, next_log=cfg.log_every)
+    image_key = agent.wm.image_keys[0] if agent.wm.image_keys else None
     obs = envs.reset()
     carry = agent.initial_carry(N)
     ep_ret, ep_len = np.zeros(N), np.zeros(N, np.int64)
     last_return = float("nan")
     eval_metrics: dict = {}
+    last_batch = None
     train_sums: dict[str, float] = {}
     train_count = 0
     t_start = time.time()
-    t_log, updates_log, step_log = t_start, 0, 0
+    t_log, updates_log, step_log, seconds_base = t_start, st.updates, st.step, st.train_seconds
+    step0, updates0 = st.step, st.updates
+    stopped_by = None
     tty = sys.stderr.isatty()
-    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, mininterval=1.0 if tty else 30.0, file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=min(st.step, cfg.steps), unit="step", dynamic_ncols=True,
+               mininterval=1.0 if tty else 30.0, file=sys.stderr)
 
-    while st.step < cfg.steps:
-        # act: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env resets and ignores it)
-        with torch.no_grad():
-            action, carry = agent.policy(to_torch(obs, device), carry, mode="train")
-        action = action.detach().cpu().numpy().astype(np.float32)
-        action[obs["is_last"]] = 0.0
-        replay.add_batch({**obs, "action": action})
+    with _StopRequest() as stop:
+        while st.step < cfg.steps:
+            if stop.signum is not None:
+                stopped_by = signal.Signals(stop.signum).name
+                break
 
-        # step the environments
-        obs = envs.step(action)
-        st.step += N
-        bar.update(N)
-        ep_ret += obs["reward"]
-        ep_len += ~obs["is_first"]
-        for i in np.flatnonzero(obs["is_last"]):
-            last_return = float(ep_ret[i])
-            st.episodes += 1
-            logger.write(st.step, {"episode_return": ep_ret[i], "episode_length": ep_len[i]})
-            ep_ret[i], ep_len[i] = 0.0, 0
+            # act: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env resets and ignores it)
+            with torch.no_grad():
+                action, carry = agent.policy(to_torch(obs, device), carry, mode="train")
+            action = action.detach().cpu().numpy().astype(np.float32)
+            action[obs["is_last"]] = 0.0
+            replay.add_batch({**obs, "action": action})
 
-        # train: keep replayed steps / env steps = train_ratio
-        if not st.training and len(replay) >= B * T and replay.num_windows() > 0:
-            st.training, st.update_budget = True, 1.0
-        elif st.training:
-            st.update_budget += N * cfg.train_ratio / (B * T)
-        while st.training and st.update_budget >= 1.0:
-            batch = to_torch(replay.sample(B), device)
-            metrics = agent.train_step(batch)
-            st.updates += 1
-            st.update_budget -= 1.0
-            for k, v in metrics.items():
-                train_sums[k] = train_sums.get(k, 0.0) + float(v)
-            train_count += 1
+            # step the environments
+            obs = envs.step(action)
+            st.step += N
+            bar.update(N)
+            ep_ret += obs["reward"]
+            ep_len += ~obs["is_first"]
+            for i in np.flatnonzero(obs["is_last"]):
+                last_return = float(ep_ret[i])
+                st.episodes += 1
+                logger.scalars(st.step, {"episode_return": ep_ret[i], "episode_length": ep_len[i]})
+                ep_ret[i], ep_len[i] = 0.0, 0
 
-        # evaluate
-        if cfg.eval_every and st.step >= st.next_eval:
-            st.next_eval += cfg.eval_every
-            eval_metrics = evaluate(agent, eval_envs, cfg.eval_episodes, device)
+            # train: keep replayed steps / env steps = train_ratio
+            if not st.training and len(replay) >= B * T and replay.num_windows() > 0:
+                st.training, st.update_budget = True, 1.0
+            elif st.training:
+                st.update_budget += N * cfg.train_ratio / (B * T)
+            while st.training and st.update_budget >= 1.0:
+                last_batch = replay.sample(B)
+                metrics = agent.train_step(to_torch(last_batch, device))
+                st.updates += 1
+                st.update_budget -= 1.0
+                if metrics["opt/skipped"]:
+                    st.skipped_updates += 1  # its losses are non-finite: counted, not averaged into the log
+                    continue
+                for k, v in metrics.items():
+                    train_sums[k] = train_sums.get(k, 0.0) + float(v)
+                train_count += 1
+
+            # evaluate (with an episode GIF when one is due and observations are images)
+            if cfg.eval_every and st.step >= st.next_eval:
+                st.next_eval += cfg.eval_every
+                video = bool(cfg.media_every and image_key and st.step >= st.next_video)
+                out = run_episodes(agent, eval_envs, cfg.eval_episodes, device,
+                                   record=cfg.video_frames if video else 0, record_key=image_key)
+                eval_metrics = summarize(out["returns"], out["lengths"])
+                st.last_eval = st.step
+                logger.scalars(st.step, eval_metrics)
+                if video and out["frames"] is not None:
+                    logger.video(st.step, "eval/episode", out["frames"])
+                    st.next_video = st.step + cfg.media_every
+                tqdm.write(f"step={st.step} eval_return={eval_metrics['eval_return']:.2f}", file=sys.stdout)
+                sys.stdout.flush()
+
+            # reconstruction images of the last training batch
+            if cfg.media_every and image_key and last_batch is not None and st.step >= st.next_media:
+                st.next_media = st.step + cfg.media_every
+                for tag, img in agent.wm.report(to_torch(last_batch, device)).items():
+                    logger.image(st.step, tag, img)
+
+            # log
+            if st.step >= st.next_log or st.step >= cfg.steps:
+                st.next_log += cfg.log_every
+                now = time.time()
+                rates = {
+                    "updates_per_s": (st.updates - updates_log) / max(now - t_log, 1e-9),
+                    "steps_per_s": (st.step - step_log) / max(now - t_log, 1e-9),
+                    "updates": st.updates,
+                    "skipped_updates": st.skipped_updates,
+                    "episodes": st.episodes,
+                }
+                t_log, updates_log, step_log = now, st.updates, st.step
+                means = {f"train/{k}": v / train_count for k, v in train_sums.items()} if train_count else {}
+                logger.scalars(st.step, {**means, **rates, **replay.stats()})
+                train_sums, train_count = {}, 0
+                bar.set_postfix({"upd/s": f"{rates['updates_per_s']:.2f}", "ret": f"{last_return:.1f}",
+                                 "upd": st.updates}, refresh=False)
+
+            # checkpoint (last in the iteration: everything logged so far belongs to the saved state)
+            st.train_seconds = seconds_base + time.time() - t_start
+            if st.step >= st.next_checkpoint and st.step < cfg.steps:
+                while st.next_checkpoint <= st.step:
+                    st.next_checkpoint += cfg.checkpoint_every or cfg.steps
+                save_checkpoint()
+
+        bar.close()
+        if stopped_by is None and cfg.eval_every and st.last_eval != st.step:  # final evaluation
+            out = run_episodes(agent, eval_envs, cfg.eval_episodes, device)
+            eval_metrics = summarize(out["returns"], out["lengths"])
             st.last_eval = st.step
-            logger.write(st.step, eval_metrics)
-            tqdm.write(f"step={st.step} eval_return={eval_metrics['eval_return']:.2f}", file=sys.stdout)
-            sys.stdout.flush()
+            logger.scalars(st.step, eval_metrics)
+        st.train_seconds = seconds_base + time.time() - t_start
+        path = save_checkpoint()
 
-        # log
-        if st.step >= st.next_log or st.step >= cfg.steps:
-            st.next_log += cfg.log_every
-            now = time.time()
-            rates = {
-                "updates_per_s": (st.updates - updates_log) / max(now - t_log, 1e-9),
-                "steps_per_s": (st.step - step_log) / max(now - t_log, 1e-9),
-                "updates": st.updates,
-                "episodes": st.episodes,
-            }
-            t_log, updates_log, step_log = now, st.updates, st.step
-            means = {f"train/{k}": v / train_count for k, v in train_sums.items()} if train_count else {}
-            logger.write(st.step, {**means, **rates, **{k: v for k, v in replay.stats().items()}})
-            train_sums, train_count = {}, 0
-            bar.set_postfix({"upd/s": f"{rates['updates_per_s']:.2f}", "ret": f"{last_return:.1f}",
-                             "upd": st.updates}, refresh=False)
-
-    bar.close()
-    if cfg.eval_every and st.last_eval != st.step:  # final evaluation
-        eval_metrics = evaluate(agent, eval_envs, cfg.eval_episodes, device)
-        logger.write(st.step, eval_metrics)
     elapsed = time.time() - t_start
-    summary = {"steps": st.step, "updates": st.updates, "episodes": st.episodes, "seconds": round(elapsed, 1),
-               "steps_per_s": round(st.step / elapsed, 2), "updates_per_s": round(st.updates / elapsed, 3)}
-    print("done: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
-    if eval_metrics:
-        print(f"final eval_return={eval_metrics['eval_return']:.3f} (mean of {cfg.eval_episodes} eval episodes)", flush=True)
+    summary = {"steps": st.step, "updates": st.updates, "skipped_updates": st.skipped_updates, "episodes": st.episodes,
+               "seconds": round(elapsed, 1), "steps_per_s": round((st.step - step0) / max(elapsed, 1e-9), 2),
+               "updates_per_s": round((st.updates - updates0) / max(elapsed, 1e-9), 3)}
+    if stopped_by is not None:
+        print(f"stopped by {stopped_by} at step {st.step}; checkpoint {path}; continue with --resume --logdir={logdir}",
+              flush=True)
+    else:
+        print("done: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
+        if eval_metrics:
+            print(f"final eval_return={eval_metrics['eval_return']:.3f} (mean of {cfg.eval_episodes} eval episodes)",
+                  flush=True)
+    print(f"checkpoint: {path}", flush=True)
     logger.close()
     envs.close()
     eval_envs.close()
-    return {**summary, **eval_metrics}
+    return {**summary, **eval_metrics, "checkpoint": path, "stopped_by": stopped_by}
 
 
 def main(argv=None) -> int:
-    cfg = cli.parse_or_exit(argv, prog=PROG, description=DESCRIPTION)
     try:
+        cfg, payload = parse_args(argv)
         resolve_device(cfg.device)
-    except ValueError as e:
-        print(f"{PROG}: error: --{e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
     except cli.CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:  # resolve_device: "device: ..."
+        print(f"{PROG}: error: --{e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        train(cfg, payload)
+    except cli.CLIError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
