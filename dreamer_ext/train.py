@@ -143,7 +143,7 @@ def parse_args(argv=None) -> tuple[Config, dict | None]:
     saved = config_from_dict(payload["config"])
     resumed = cli.parse(argv, make_default=lambda: config_from_dict(payload["config"]), apply_preset_fn=None,
                         prog=PROG, description=DESCRIPTION)
-    if resumed.preset != saved.preset:
+    if any(a == "--preset" or a.startswith("--preset=") for a in argv) and cfg.preset != saved.preset:
         raise cli.CLIError(f"--preset: the run in {cfg.logdir} uses {saved.preset}; a resumed run keeps its preset")
     resumed.logdir, resumed.resume = cfg.logdir, True
     return resumed, payload

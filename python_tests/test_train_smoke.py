@@ -61,3 +61,40 @@ def test_train_atari_image(tmp_path):
     check_run(logdir, out, "ALE/Asterix-v5")
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any(k.startswith("train/loss/rec") for r in rows for k in r)
+
+
+def tensorboard_tags(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_holds_the_expected_tags(tmp_path):
+    logdir, out = run_train(tmp_path, "ALE/Asterix-v5", "--media_every=150", "--video_frames=20")
+    acc = tensorboard_tags(logdir)
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("train/loss/world_model", "train/loss/rec_image", "train/loss/rew", "train/loss/con",
+                "train/loss/dyn", "train/loss/rep", "train/kl/dyn", "train/kl/rep", "train/ent/post",
+                "train/actor/entropy", "train/loss/actor", "train/loss/critic", "train/ret/scale",
+                "train/grad_norm/world_model", "train/grad_norm/actor", "train/grad_norm/critic",
+                "episode_return", "eval_return", "updates_per_s", "steps_per_s", "skipped_updates"):
+        assert tag in scalars, (tag, sorted(scalars))
+    # TensorBoard and metrics.jsonl agree on eval_return
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    jsonl = {r["step"]: r["eval_return"] for r in rows if "eval_return" in r}
+    tb = {e.step: e.value for e in acc.Scalars("eval_return")}
+    assert tb.keys() == jsonl.keys() and all(abs(tb[k] - jsonl[k]) < 1e-3 * max(1.0, abs(jsonl[k])) for k in tb)
+    images = set(acc.Tags()["images"])
+    assert "recon/image" in images and "eval/episode" in images, images
+    recon = acc.Images("recon/image")[-1]
+    assert recon.width == 16 * 64 and recon.height % (3 * 64) == 0
+    gif = acc.Images("eval/episode")[0].encoded_image_string
+    assert gif.startswith(b"GIF89a")
+
+
+def test_tensorboard_can_be_switched_off(tmp_path):
+    logdir, _ = run_train(tmp_path, "CartPole-v1", "--tensorboard=false", "--steps=100", "--eval_every=0")
+    assert not [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents")]
+    assert (logdir / "metrics.jsonl").exists()
