@@ -122,9 +122,10 @@ def find_checkpoint(path: str) -> str:
 def _reason(e: Exception) -> str:
     """The informative line of a torch.load error (its weights-only errors put the reason on a later line)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if "WeightsUnpickler error" in ln:
-            return ln
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error:" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else ln)
     return lines[0] if lines else ""
 
 

@@ -159,9 +159,11 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
         from .checkpoint import atomic_write
 
         text = json.dumps(result, indent=2, allow_nan=False)
-        directory = os.path.dirname(os.path.abspath(opts.json))
-        os.makedirs(directory, exist_ok=True)
-        atomic_write(opts.json, lambda f: f.write(text.encode() + b"\n"))
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
+            atomic_write(opts.json, lambda f: f.write(text.encode() + b"\n"))
+        except OSError as e:  # a directory, an unwritable place, ...
+            raise ValueError(f"--json={opts.json}: cannot write it ({e.strerror or e})") from None
     return result
 
 
@@ -174,6 +176,7 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+
     ci = "n/a" if res["ci95"] is None else f"{res['ci95']:.2f}"
     std = "n/a" if res["std"] is None else f"{res['std']:.2f}"
     print(f"checkpoint: {res['checkpoint']} (env {res['env']}, step {res['step']})")

@@ -52,6 +52,8 @@ def t_quantile(p: float, df: float) -> float:
     """The ``p``-quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`, |error| < 1e-10)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: must be in (0, 1), got {p}")
+    if df <= 0:
+        raise ValueError(f"df: must be positive, got {df}")
     if p == 0.5:
         return 0.0
     if p < 0.5:
