@@ -37,7 +37,7 @@ from .replay import Chunk, Replay
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "atomic_write", "list_checkpoints", "find_checkpoint",
-    "load_checkpoint", "Checkpointer", "rng_state", "set_rng_state",
+    "load_checkpoint", "Checkpointer", "RunLock", "rng_state", "set_rng_state",
 ]
 
 FORMAT = "dreamer_ext.checkpoint"
@@ -129,11 +129,14 @@ def _reason(e: Exception) -> str:
     return lines[0] if lines else ""
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check a checkpoint file (or a run directory's newest). Raises CheckpointError with the reason."""
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Load and check a checkpoint file (or a run directory's newest). Raises CheckpointError with the reason.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only the config or counters are needed).
+    """
     path = find_checkpoint(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, bad pickle, wrong file type, ...
         raise CheckpointError(
             f"checkpoint {path!r} is unreadable ({type(e).__name__}: {_reason(e)}); it is truncated, corrupt or not "
@@ -151,6 +154,42 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return payload
 
 
+class RunLock:
+    """Exclusive lock on a run directory (``<run_dir>/.lock``, held while the process lives).
+
+    Two processes writing one run would overwrite each other's replay chunks; the second one gets CheckpointError.
+    Uses ``fcntl.flock`` (POSIX); elsewhere it is a no-op.
+    """
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, ".lock")
+        self._file = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise CheckpointError(f"run directory {run_dir!r} is in use by another process (pid {holder}); "
+                                  f"wait for it to stop or choose another --logdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
 # ------------------------------------------------------------------------------------------------------------ RNG
 def rng_state() -> dict:
     """Generator states of python ``random``, numpy's global generator and torch (CPU and every CUDA device)."""
@@ -160,7 +199,8 @@ def rng_state() -> dict:
         "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
                   "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # only when CUDA is in use: querying would initialise a context on every visible GPU
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
 
 
@@ -172,7 +212,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"].cpu())
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
@@ -290,13 +330,20 @@ class Checkpointer:
         """Load ``path`` (default: the newest checkpoint of the run) and restore ``replay`` from it."""
         payload = load_checkpoint(path or self.run_dir, map_location)
         if replay is not None:
-            rp = payload["replay"]
-            chunks = [_read_chunk_file(self.chunk_path(uid), uid) for uid in rp["chunks"]]
-            chunks += [_chunk_from_payload(d) for d in rp["tail"]]
-            try:
-                replay.load_state_dict(rp["state"], chunks)
-            except (KeyError, ValueError) as e:
-                raise CheckpointError(f"checkpoint {payload['path']!r}: replay does not match ({e})") from None
-            self._written = set(rp["chunks"])
-            self._refs[payload["path"]] = set(rp["chunks"])
+            self.restore_replay(payload, replay)
         return payload
+
+    def restore_replay(self, payload: dict, replay: Replay) -> None:
+        """Fill ``replay`` from a loaded checkpoint: its full chunks from ``replay/``, the partial ones from the file."""
+        try:
+            rp = payload["replay"]
+            uids = [int(u) for u in rp["chunks"]]
+            chunks = [_read_chunk_file(self.chunk_path(uid), uid) for uid in uids]
+            chunks += [_chunk_from_payload(d) for d in rp["tail"]]
+            replay.load_state_dict(rp["state"], chunks)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {payload.get('path')!r}: replay does not match ({e})") from None
+        self._written = set(uids)
+        self._refs[payload["path"]] = set(uids)

@@ -118,13 +118,18 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
     from .envs.spec import EnvSpec
 
     device = resolve_device(opts.device)
-    payload = load_checkpoint(opts.checkpoint, map_location=device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the agent is built on the current CUDA device
+    payload = load_checkpoint(opts.checkpoint, map_location="cpu")
     try:
         cfg = config_from_dict(payload["config"])
     except ValueError as e:
         raise CheckpointError(f"checkpoint {payload['path']!r}: its config does not load here ({e})") from None
     cfg.device = str(device.type)
-    ops.set_backend(opts.backend or cfg.backend)
+    try:
+        ops.set_backend(opts.backend or cfg.backend)
+    except ImportError as e:
+        raise ValueError(f"backend: {e}") from None
     seed = cfg.seed + 20_000 if opts.seed < 0 else opts.seed
     n = opts.num_envs or min(opts.episodes, 8)
     env = make_env(cfg.env, seed, n, **env_kwargs(cfg))

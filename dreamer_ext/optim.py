@@ -9,7 +9,6 @@ LaProp step for each tensor θ with gradient g (t = step count starting at 1):
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -153,6 +152,13 @@ class Optimizer:
         return {"steps": self.steps, "opts": {k: o.state_dict() for k, o in self.opts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the moments and step counts; the hyperparameters stay those of this optimiser's config (torch's
+        ``load_state_dict`` would bring back the saved lr/eps/betas, silently ignoring a changed config)."""
         self.steps = int(state["steps"])
         for k, o in self.opts.items():
+            keep = [dict(g) for g in o.param_groups]
             o.load_state_dict(state["opts"][k])
+            for group, mine in zip(o.param_groups, keep):
+                for key, value in mine.items():
+                    if key not in ("params", "step"):
+                        group[key] = value

@@ -46,8 +46,8 @@ import torch
 
 from . import cli, ops
 from .agent import resolve_device
-from .checkpoint import Checkpointer, CheckpointError, atomic_write, list_checkpoints, load_checkpoint, rng_state, \
-    set_rng_state
+from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, list_checkpoints, load_checkpoint, \
+    rng_state, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .envs import make_env
 from .envs.spec import EnvSpec
@@ -66,6 +66,7 @@ frames; --action_repeat applies to ALE envs only). --train_ratio = replayed step
 train_ratio / (batch_size * batch_length) updates per env step. --preset is applied first, then the other options.
 --resume continues the run in --logdir from its newest checkpoint, with its saved config plus the options given here."""
 
+REPLAY_CHUNK = 256  # steps per replay chunk: the unit written once to replay/ (partial chunks ride in each checkpoint)
 _ENV_SEED_STRIDE = 1_000_003  # train envs of the k-th resume are seeded seed + k * stride (fresh episodes, no repeats)
 
 
@@ -125,8 +126,8 @@ class _StopRequest:
         return False
 
 
-def parse_args(argv=None) -> tuple[Config, dict | None]:
-    """Command line -> (config, newest checkpoint payload or None). Raises cli.CLIError / CheckpointError.
+def parse_args(argv=None) -> tuple[Config, str | None]:
+    """Command line -> (config, checkpoint to resume from or None). Raises cli.CLIError / CheckpointError.
 
     Without ``--resume`` this is the plain generated CLI. With ``--resume`` and a checkpoint in ``--logdir``, the
     checkpoint's config is the base and the given options override it (the preset cannot change).
@@ -139,14 +140,24 @@ def parse_args(argv=None) -> tuple[Config, dict | None]:
         raise cli.CLIError("--resume: needs --logdir (the run directory to continue)")
     if not list_checkpoints(cfg.logdir):
         return cfg, None
-    payload = load_checkpoint(cfg.logdir)
-    saved = config_from_dict(payload["config"])
-    resumed = cli.parse(argv, make_default=lambda: config_from_dict(payload["config"]), apply_preset_fn=None,
-                        prog=PROG, description=DESCRIPTION)
+    head = load_checkpoint(cfg.logdir, mmap=True)  # only the config is needed here
+    path, saved_dict = head["path"], head["config"]
+    del head
+    try:
+        saved = config_from_dict(saved_dict)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path!r}: its config does not load in this version ({e})") from None
     if any(a == "--preset" or a.startswith("--preset=") for a in argv) and cfg.preset != saved.preset:
         raise cli.CLIError(f"--preset: the run in {cfg.logdir} uses {saved.preset}; a resumed run keeps its preset")
+    resumed = cli.parse(argv, make_default=lambda: config_from_dict(saved_dict), apply_preset_fn=None,
+                        prog=PROG, description=DESCRIPTION)
     resumed.logdir, resumed.resume = cfg.logdir, True
-    return resumed, payload
+    return resumed, path
+
+
+def _next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` after ``step``."""
+    return (step // every + 1) * every
 
 
 def _config_changes(old: dict, new: dict) -> list[str]:
@@ -155,46 +166,81 @@ def _config_changes(old: dict, new: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------------------- main
-def train(cfg: Config, resume_payload: dict | None = None) -> dict:
+def train(cfg: Config, resume_from: str | None = None) -> dict:
     """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
-    summary. ``resume_payload``: an already loaded checkpoint of ``cfg.logdir`` (else the newest one is loaded)."""
-    from tqdm import tqdm
-
-    from .agent import Agent
-
+    summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
+    ``cfg.logdir``). The run directory is locked against a second process for the duration."""
     # ---- device, kernels ----
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)
     try:
         ops.set_backend(cfg.backend)
     except (ImportError, ValueError) as e:
         raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
+    cfg.logdir = cfg.logdir or default_logdir(cfg)
+    lock = RunLock(cfg.logdir)
+    try:
+        return _train(cfg, resume_from)
+    finally:
+        lock.release()
 
-    # ---- run directory, checkpoint to resume from ----
-    logdir = cfg.logdir or default_logdir(cfg)
-    cfg.logdir = logdir
+
+def _restore(cfg: Config, payload: dict, agent, spec: EnvSpec, replay: Replay, ckpt: Checkpointer):
+    """Load a checkpoint's agent, replay and RNG states; any mismatch becomes a CheckpointError naming the file."""
+    where = f"checkpoint {payload['path']!r}"
+    try:
+        saved_spec = EnvSpec(**payload["spec"])
+    except TypeError as e:
+        raise CheckpointError(f"{where}: malformed spec ({e})") from None
+    if saved_spec != spec:
+        raise CheckpointError(f"{where}: trained on {saved_spec}, {cfg.env} now gives {spec}")
+    try:
+        agent.load_checkpoint_state(payload["agent"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{where}: does not fit the model of this config ({str(e).splitlines()[0]})") from None
+    ckpt.restore_replay(payload, replay)
+    try:
+        set_rng_state(payload["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: malformed RNG state ({e})") from None
+
+
+def _train(cfg: Config, resume_from: str | None) -> dict:
+    from tqdm import tqdm
+
+    from .agent import Agent
+
+    device = resolve_device(cfg.device)
+    logdir = cfg.logdir
+
+    # ---- the checkpoint to resume from ----
     existing = list_checkpoints(logdir)
     if existing and not cfg.resume:
         raise cli.CLIError(f"--logdir={logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
                            f"or choose another --logdir")
-    payload = resume_payload
-    if payload is None and cfg.resume and existing:
-        payload = load_checkpoint(logdir)
+    if resume_from is None and cfg.resume and existing:
+        resume_from = existing[-1][1]
+    payload = load_checkpoint(resume_from) if resume_from else None
     if payload is not None:
         changes = _config_changes(payload["config"], config_to_dict(cfg))
         print(f"resume: {payload['path']} (step {payload['step']})"
               + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
     elif cfg.resume:
         print(f"resume: no checkpoint in {logdir}; starting a new run", flush=True)
-    os.makedirs(logdir, exist_ok=True)
-    text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
-    atomic_write(os.path.join(logdir, "config.json"), lambda f: f.write(text.encode()))
 
-    # ---- counters, seeds, environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
+    # ---- counters (on resume the periodic schedules follow the current intervals) ----
     st = TrainState(next_eval=cfg.eval_every, next_log=cfg.log_every,
                     next_checkpoint=cfg.checkpoint_every or cfg.steps, next_media=0, next_video=0)
     if payload is not None:
-        st = TrainState(**payload["train_state"])
+        try:
+            st = TrainState(**payload["train_state"])
+        except TypeError as e:
+            raise CheckpointError(f"checkpoint {payload['path']!r}: malformed train state ({e})") from None
         st.resumes += 1
+        st.next_eval = _next_multiple(st.step, cfg.eval_every) if cfg.eval_every else 0
+        st.next_log = _next_multiple(st.step, cfg.log_every)
+        st.next_checkpoint = _next_multiple(st.step, cfg.checkpoint_every) if cfg.checkpoint_every else cfg.steps
+
+    # ---- seeds, environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
     seed_everything(cfg.seed)
     try:
         envs = make_env(cfg.env, cfg.seed + st.resumes * _ENV_SEED_STRIDE, cfg.num_envs, **env_kwargs(cfg))
@@ -207,24 +253,27 @@ def train(cfg: Config, resume_payload: dict | None = None) -> dict:
     # ---- agent, replay, checkpointer, logger ----
     agent = Agent(cfg, spec)
     B, T, N = cfg.batch_size, cfg.batch_length, cfg.num_envs
-    replay = Replay(cfg.replay_capacity, T, online=cfg.replay_online, seed=cfg.seed)
+    replay = Replay(cfg.replay_capacity, T, chunk_size=REPLAY_CHUNK, online=cfg.replay_online, seed=cfg.seed)
     ckpt = Checkpointer(logdir, keep=cfg.checkpoint_keep)
+    metrics_path = os.path.join(logdir, "metrics.jsonl")
+    old_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
     if payload is not None:
-        saved_spec = EnvSpec(**payload["spec"])
-        if saved_spec != spec:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: trained on {saved_spec}, {cfg.env} now gives {spec}")
-        try:
-            agent.load_checkpoint_state(payload["agent"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: does not fit the model of this config "
-                                  f"({str(e).splitlines()[0]})") from None
-        payload = ckpt.load(payload["path"], replay)  # restores the replay from its chunks
-        set_rng_state(payload["rng"])
-        logger = RunLogger(logdir, cfg.tensorboard, purge_step=st.step + 1,
-                           metrics_offset=payload["logs"]["metrics_offset"])
+        _restore(cfg, payload, agent, spec, replay, ckpt)
+        offset = payload["logs"].get("metrics_offset")
+        if not isinstance(offset, int) or offset > old_size:
+            print(f"warning: {metrics_path} is shorter than when the checkpoint was saved; appending to it as it is",
+                  flush=True)
+            offset = None
+        logger = RunLogger(logdir, cfg.tensorboard, purge_step=st.step + 1, metrics_offset=offset)
     else:
-        logger = RunLogger(logdir, cfg.tensorboard)
-    del payload  # the replay chunks and model tensors are now owned by the replay and the agent
+        has_events = any(n.startswith("events.out.tfevents") for n in os.listdir(logdir))
+        if old_size or has_events:
+            print(f"note: {logdir} holds logs of a run that saved no checkpoint; they are discarded", flush=True)
+        logger = RunLogger(logdir, cfg.tensorboard, purge_step=0 if has_events else None,
+                           metrics_offset=0 if old_size else None)
+    payload = None  # model tensors and replay data now live in the agent and the replay
+    text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
+    atomic_write(os.path.join(logdir, "config.json"), lambda f: f.write(text.encode()))
 
     params = agent.param_count()
     print(f"logdir: {logdir}", flush=True)
@@ -381,7 +430,7 @@ def train(cfg: Config, resume_payload: dict | None = None) -> dict:
 
 def main(argv=None) -> int:
     try:
-        cfg, payload = parse_args(argv)
+        cfg, resume_from = parse_args(argv)
         resolve_device(cfg.device)
     except cli.CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -393,7 +442,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     try:
-        train(cfg, payload)
+        train(cfg, resume_from)
     except cli.CLIError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,5 @@
 """Checkpoints: bitwise round trip (agent, optimiser, replay), incremental replay chunks, pruning, corrupt and
 incompatible checkpoints, and resume after SIGKILL through the real command line."""
-import copy
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from dreamer_ext import checkpoint as ckpt_mod
 from dreamer_ext.agent import Agent
 from dreamer_ext.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_checkpoint, list_checkpoints
 from dreamer_ext.replay import Replay
+from dreamer_ext.train import REPLAY_CHUNK
 from tiny_agent_config import random_batch, tiny_config, vector_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +231,7 @@ def _train(args, timeout=300):
 
 
 def _replay_of(path):
-    r = Replay(100_000, 16, online=True)
+    r = Replay(100_000, 16, chunk_size=REPLAY_CHUNK, online=True)
     Checkpointer(os.path.dirname(os.path.dirname(path))).load(path, r)
     return r
 
@@ -347,3 +347,62 @@ def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
     res = _train([f"--logdir={logdir}", "--resume", f"--steps={step + 50}"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_checkpoint(str(logdir))["step"] == step + 50
+
+
+def test_resume_uses_the_current_optimiser_hyperparameters():
+    agent, spec = trained_agent()
+    state = agent.checkpoint_state()
+    agent2 = Agent(tiny_config(optim={"lr": 1e-3, "eps": 1e-8}), spec)
+    agent2.load_checkpoint_state(state)
+    group = agent2.opt.opts["all"].param_groups[0]
+    assert group["lr"] == 1e-3 and group["eps"] == 1e-8
+    assert group["step"] == agent.opt.opts["all"].param_groups[0]["step"] == 2  # the moments' age is kept
+    adam = Agent(tiny_config(optim={"kind": "adam"}), spec)
+    adam.train_step(random_batch(spec, B=2, T=4))
+    adam2 = Agent(tiny_config(optim={"kind": "adam", "model_lr": 3e-3}), spec)
+    adam2.load_checkpoint_state(adam.checkpoint_state())
+    assert adam2.opt.opts["world_model"].param_groups[0]["base_lr"] == 3e-3
+
+
+def test_resume_follows_new_intervals_and_extends_the_run(tmp_path):
+    logdir = tmp_path / "run"
+    res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--checkpoint_every=0", "--steps=100",
+                  "--checkpoint_keep=10"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(str(logdir))] == [100]
+    res = _train([f"--logdir={logdir}", "--resume", "--steps=300", "--checkpoint_every=50"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(str(logdir))] == [100, 150, 200, 250, 300]
+
+
+def test_fresh_start_discards_logs_of_a_run_without_checkpoints(tmp_path):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "metrics.jsonl").write_text('{"step": 999999, "time": 0, "episode_return": 1}\n')
+    res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=100", "--resume"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "starting a new run" in res.stdout and "discarded" in res.stdout
+    steps = [json.loads(line)["step"] for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps and 999999 not in steps
+
+
+def test_a_locked_run_directory_is_refused(tmp_path):
+    logdir = tmp_path / "run"
+    lock = ckpt_mod.RunLock(str(logdir))
+    try:
+        res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=100"])
+    finally:
+        lock.release()
+    assert res.returncode == 1 and "in use by another process" in res.stderr and str(os.getpid()) in res.stderr
+    res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=100"])  # free again
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_lost_metrics_file_warns_instead_of_failing(tmp_path):
+    logdir = tmp_path / "run"
+    res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=100"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    os.unlink(logdir / "metrics.jsonl")
+    res = _train([f"--logdir={logdir}", "--resume", "--steps=150"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shorter than when the checkpoint was saved" in res.stdout

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 from dreamer_ext.config import config_from_dict
 
