@@ -111,11 +111,9 @@ class EvalOptions:
 def evaluate_checkpoint(opts: EvalOptions) -> dict:
     """Load ``opts.checkpoint``, run ``opts.episodes`` episodes, return the JSON-able result (also written if asked)."""
     from . import ops
-    from .agent import Agent, resolve_device
+    from .agent import resolve_device
     from .checkpoint import CheckpointError, load_checkpoint
     from .config import config_from_dict
-    from .envs import make_env
-    from .envs.spec import EnvSpec
 
     device = resolve_device(opts.device)
     if device.type == "cuda" and device.index is not None:
@@ -126,10 +124,23 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
     except ValueError as e:
         raise CheckpointError(f"checkpoint {payload['path']!r}: its config does not load here ({e})") from None
     cfg.device = str(device.type)
+    backend_before = ops.get_backend()
     try:
         ops.set_backend(opts.backend or cfg.backend)
     except ImportError as e:
         raise ValueError(f"backend: {e}") from None
+    try:
+        return _evaluate(opts, cfg, payload, device)
+    finally:
+        ops.set_backend(backend_before)
+
+
+def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> dict:
+    from .agent import Agent
+    from .checkpoint import CheckpointError
+    from .envs import make_env
+    from .envs.spec import EnvSpec
+
     seed = cfg.seed + 20_000 if opts.seed < 0 else opts.seed
     n = opts.num_envs or min(opts.episodes, 8)
     env = make_env(cfg.env, seed, n, **env_kwargs(cfg))
@@ -142,7 +153,7 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
         agent = Agent(cfg, env.spec)
         try:
             agent.load_state_dict(payload["agent"]["model"])
-        except (RuntimeError, KeyError) as e:
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {payload['path']!r}: model does not fit this program "
                                   f"({str(e).splitlines()[0]})") from None
         agent.eval()

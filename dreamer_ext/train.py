@@ -170,18 +170,22 @@ def train(cfg: Config, resume_from: str | None = None) -> dict:
     """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
     summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
     ``cfg.logdir``). The run directory is locked against a second process for the duration."""
-    # ---- device, kernels ----
+    # ---- device, kernels (the previous ops backend is restored on return) ----
     resolve_device(cfg.device)
+    backend_before = ops.get_backend()
     try:
         ops.set_backend(cfg.backend)
     except (ImportError, ValueError) as e:
         raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-    cfg.logdir = cfg.logdir or default_logdir(cfg)
-    lock = RunLock(cfg.logdir)
     try:
-        return _train(cfg, resume_from)
+        cfg.logdir = cfg.logdir or default_logdir(cfg)
+        lock = RunLock(cfg.logdir)
+        try:
+            return _train(cfg, resume_from)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        ops.set_backend(backend_before)
 
 
 def _restore(cfg: Config, payload: dict, agent, spec: EnvSpec, replay: Replay, ckpt: Checkpointer):

@@ -34,5 +34,6 @@ def _kernels_backend():
     """Every test starts on the kernels backend, whatever an earlier test switched to."""
     from dreamer_ext import ops
     before = ops.get_backend()
+    ops.set_backend("kernels")  # a module-scoped fixture may have switched it before this runs
     yield
     ops.set_backend(before)

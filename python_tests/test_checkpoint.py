@@ -406,3 +406,15 @@ def test_lost_metrics_file_warns_instead_of_failing(tmp_path):
     res = _train([f"--logdir={logdir}", "--resume", "--steps=150"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "shorter than when the checkpoint was saved" in res.stdout
+
+
+def test_in_process_train_and_evaluate_restore_the_ops_backend(tmp_path, capsys):
+    from dreamer_ext import ops
+    from dreamer_ext.evaluate import main as evaluate_main
+    from dreamer_ext.train import main as train_main
+
+    assert ops.get_backend() == "kernels"
+    assert train_main(["--env=CartPole-v1", f"--logdir={tmp_path / 'run'}", *TINY, "--steps=80"]) == 0  # reference
+    assert ops.get_backend() == "kernels"
+    assert evaluate_main([f"--checkpoint={tmp_path / 'run'}", "--episodes=1", "--backend=reference"]) == 0
+    assert ops.get_backend() == "kernels"

@@ -39,8 +39,9 @@ def test_betainc_a_one_closed_form(b, x):
 
 
 @SETTINGS
-@given(a=st.floats(0.1, 200.0), b=st.floats(0.1, 200.0), x=st.floats(0.0, 1.0))
+@given(a=st.floats(0.1, 200.0), b=st.floats(0.1, 200.0), x=st.floats(1e-6, 1.0 - 1e-6))
 def test_betainc_symmetry_and_range(a, b, x):
+    # x away from 0 and 1: there 1 - x rounds (e.g. 1 - 1e-45 == 1.0) and the identity cannot hold in floats
     v = betainc(a, b, x)
     assert 0.0 <= v <= 1.0
     assert v == pytest.approx(1.0 - betainc(b, a, 1.0 - x), abs=1e-9)
