@@ -37,7 +37,7 @@ from .replay import Chunk, Replay
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "atomic_write", "list_checkpoints", "find_checkpoint",
-    "load_checkpoint", "Checkpointer", "RunLock", "rng_state", "set_rng_state",
+    "load_checkpoint", "Checkpointer", "RunLock", "checkpoint_config", "restore_agent", "rng_state", "set_rng_state",
 ]
 
 FORMAT = "dreamer_ext.checkpoint"
@@ -188,6 +188,44 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing drops the flock
             self._file = None
+
+
+# ---------------------------------------------------------------------------------------------- payload -> objects
+def _where(payload: dict) -> str:
+    return f"checkpoint {payload.get('path')!r}"
+
+
+def checkpoint_config(payload: dict):
+    """The run's :class:`~dreamer_ext.config.Config` saved in a checkpoint; CheckpointError if it does not load."""
+    from .config import config_from_dict
+
+    try:
+        return config_from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{_where(payload)}: its config does not load in this version ({e})") from None
+
+
+def restore_agent(agent, payload: dict, spec, optimizer: bool = True) -> None:
+    """Check that the checkpoint was trained on ``spec`` and load its model (and optimiser) into ``agent``.
+
+    Raises CheckpointError naming the file when the spec differs or the state does not fit the agent's config.
+    """
+    from .envs.spec import EnvSpec
+
+    try:
+        saved = EnvSpec(**payload["spec"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{_where(payload)}: malformed spec ({e})") from None
+    if saved != spec:
+        raise CheckpointError(f"{_where(payload)}: trained on {saved}, the environment now gives {spec}")
+    try:
+        if optimizer:
+            agent.load_checkpoint_state(payload["agent"])
+        else:
+            agent.load_state_dict(payload["agent"]["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{_where(payload)}: does not fit the model of this config "
+                              f"({str(e).splitlines()[0]})") from None
 
 
 # ------------------------------------------------------------------------------------------------------------ RNG

@@ -9,6 +9,7 @@ The episode runner :func:`run_episodes` is shared with the training program's pe
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -112,50 +113,34 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
     """Load ``opts.checkpoint``, run ``opts.episodes`` episodes, return the JSON-able result (also written if asked)."""
     from . import ops
     from .agent import resolve_device
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .config import config_from_dict
+    from .checkpoint import checkpoint_config, load_checkpoint
 
     device = resolve_device(opts.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # the agent is built on the current CUDA device
     payload = load_checkpoint(opts.checkpoint, map_location="cpu")
-    try:
-        cfg = config_from_dict(payload["config"])
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {payload['path']!r}: its config does not load here ({e})") from None
+    cfg = checkpoint_config(payload)
     cfg.device = str(device.type)
-    backend_before = ops.get_backend()
-    try:
-        ops.set_backend(opts.backend or cfg.backend)
-    except ImportError as e:
-        raise ValueError(f"backend: {e}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(ops.use_backend(opts.backend or cfg.backend))
+        except ImportError as e:
+            raise ValueError(f"backend: {e}") from None
         return _evaluate(opts, cfg, payload, device)
-    finally:
-        ops.set_backend(backend_before)
 
 
 def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> dict:
     from .agent import Agent
-    from .checkpoint import CheckpointError
+    from .checkpoint import restore_agent
     from .envs import make_env
-    from .envs.spec import EnvSpec
 
     seed = cfg.seed + 20_000 if opts.seed < 0 else opts.seed
     n = opts.num_envs or min(opts.episodes, 8)
     env = make_env(cfg.env, seed, n, **env_kwargs(cfg))
     try:
-        saved = EnvSpec(**payload["spec"])
-        if saved != env.spec:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: it was trained on spec {saved}, but {cfg.env} "
-                                  f"now gives {env.spec}")
         torch.manual_seed(seed)
         agent = Agent(cfg, env.spec)
-        try:
-            agent.load_state_dict(payload["agent"]["model"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: model does not fit this program "
-                                  f"({str(e).splitlines()[0]})") from None
+        restore_agent(agent, payload, env.spec, optimizer=False)
         agent.eval()
         t0 = time.time()
         out = run_episodes(agent, env, opts.episodes, device)

@@ -31,6 +31,7 @@ A SIGKILL loses only what happened since the last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -46,11 +47,10 @@ import torch
 
 from . import cli, ops
 from .agent import resolve_device
-from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, list_checkpoints, load_checkpoint, \
-    rng_state, set_rng_state
+from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, checkpoint_config, list_checkpoints, \
+    load_checkpoint, restore_agent, rng_state, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .envs import make_env
-from .envs.spec import EnvSpec
 from .evaluate import env_kwargs, run_episodes, summarize, to_torch
 from .replay import Replay
 from .runlog import RunLogger
@@ -141,12 +141,8 @@ def parse_args(argv=None) -> tuple[Config, str | None]:
     if not list_checkpoints(cfg.logdir):
         return cfg, None
     head = load_checkpoint(cfg.logdir, mmap=True)  # only the config is needed here
-    path, saved_dict = head["path"], head["config"]
+    path, saved_dict, saved = head["path"], head["config"], checkpoint_config(head)
     del head
-    try:
-        saved = config_from_dict(saved_dict)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path!r}: its config does not load in this version ({e})") from None
     if any(a == "--preset" or a.startswith("--preset=") for a in argv) and cfg.preset != saved.preset:
         raise cli.CLIError(f"--preset: the run in {cfg.logdir} uses {saved.preset}; a resumed run keeps its preset")
     resumed = cli.parse(argv, make_default=lambda: config_from_dict(saved_dict), apply_preset_fn=None,
@@ -170,42 +166,16 @@ def train(cfg: Config, resume_from: str | None = None) -> dict:
     """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
     summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
     ``cfg.logdir``). The run directory is locked against a second process for the duration."""
-    # ---- device, kernels (the previous ops backend is restored on return) ----
+    # ---- device, kernels (the caller's ops backend is restored on return), run-directory lock ----
     resolve_device(cfg.device)
-    backend_before = ops.get_backend()
-    try:
-        ops.set_backend(cfg.backend)
-    except (ImportError, ValueError) as e:
-        raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-    try:
-        cfg.logdir = cfg.logdir or default_logdir(cfg)
-        lock = RunLock(cfg.logdir)
+    with contextlib.ExitStack() as stack:
         try:
-            return _train(cfg, resume_from)
-        finally:
-            lock.release()
-    finally:
-        ops.set_backend(backend_before)
-
-
-def _restore(cfg: Config, payload: dict, agent, spec: EnvSpec, replay: Replay, ckpt: Checkpointer):
-    """Load a checkpoint's agent, replay and RNG states; any mismatch becomes a CheckpointError naming the file."""
-    where = f"checkpoint {payload['path']!r}"
-    try:
-        saved_spec = EnvSpec(**payload["spec"])
-    except TypeError as e:
-        raise CheckpointError(f"{where}: malformed spec ({e})") from None
-    if saved_spec != spec:
-        raise CheckpointError(f"{where}: trained on {saved_spec}, {cfg.env} now gives {spec}")
-    try:
-        agent.load_checkpoint_state(payload["agent"])
-    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
-        raise CheckpointError(f"{where}: does not fit the model of this config ({str(e).splitlines()[0]})") from None
-    ckpt.restore_replay(payload, replay)
-    try:
-        set_rng_state(payload["rng"])
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"{where}: malformed RNG state ({e})") from None
+            stack.enter_context(ops.use_backend(cfg.backend))
+        except (ImportError, ValueError) as e:
+            raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
+        cfg.logdir = cfg.logdir or default_logdir(cfg)
+        stack.callback(RunLock(cfg.logdir).release)
+        return _train(cfg, resume_from)
 
 
 def _train(cfg: Config, resume_from: str | None) -> dict:
@@ -231,18 +201,17 @@ def _train(cfg: Config, resume_from: str | None) -> dict:
     elif cfg.resume:
         print(f"resume: no checkpoint in {logdir}; starting a new run", flush=True)
 
-    # ---- counters (on resume the periodic schedules follow the current intervals) ----
-    st = TrainState(next_eval=cfg.eval_every, next_log=cfg.log_every,
-                    next_checkpoint=cfg.checkpoint_every or cfg.steps, next_media=0, next_video=0)
+    # ---- counters; the periodic schedules follow the current intervals (from step 0, or the resume step) ----
+    st = TrainState()
     if payload is not None:
         try:
             st = TrainState(**payload["train_state"])
         except TypeError as e:
             raise CheckpointError(f"checkpoint {payload['path']!r}: malformed train state ({e})") from None
         st.resumes += 1
-        st.next_eval = _next_multiple(st.step, cfg.eval_every) if cfg.eval_every else 0
-        st.next_log = _next_multiple(st.step, cfg.log_every)
-        st.next_checkpoint = _next_multiple(st.step, cfg.checkpoint_every) if cfg.checkpoint_every else cfg.steps
+    st.next_eval = _next_multiple(st.step, cfg.eval_every) if cfg.eval_every else 0
+    st.next_log = _next_multiple(st.step, cfg.log_every)
+    st.next_checkpoint = _next_multiple(st.step, cfg.checkpoint_every) if cfg.checkpoint_every else cfg.steps
 
     # ---- seeds, environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
     seed_everything(cfg.seed)
@@ -262,7 +231,12 @@ def _train(cfg: Config, resume_from: str | None) -> dict:
     metrics_path = os.path.join(logdir, "metrics.jsonl")
     old_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
     if payload is not None:
-        _restore(cfg, payload, agent, spec, replay, ckpt)
+        restore_agent(agent, payload, spec)
+        ckpt.restore_replay(payload, replay)
+        try:
+            set_rng_state(payload["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {payload['path']!r}: malformed RNG state ({e})") from None
         offset = payload["logs"].get("metrics_offset")
         if not isinstance(offset, int) or offset > old_size:
             print(f"warning: {metrics_path} is shorter than when the checkpoint was saved; appending to it as it is",

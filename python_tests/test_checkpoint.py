@@ -16,15 +16,12 @@ from dreamer_ext.agent import Agent
 from dreamer_ext.checkpoint import Checkpointer, CheckpointError, find_checkpoint, load_checkpoint, list_checkpoints
 from dreamer_ext.replay import Replay
 from dreamer_ext.train import REPLAY_CHUNK
+from test_train_smoke import TINY as SMOKE_TINY
 from tiny_agent_config import random_batch, tiny_config, vector_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--preset=size1m", "--rssm.deter=64", "--rssm.hidden=32", "--encoder.mlp_units=32", "--decoder.mlp_units=32",
-    "--heads.units=32", "--actor.units=32", "--critic.units=32", "--imag.horizon=8",
-    "--batch_size=4", "--batch_length=16", "--train_ratio=4", "--backend=reference", "--device=cpu",
-    "--eval_every=0", "--log_every=50", "--replay_capacity=100000",
-]
+# the smoke test's tiny model; later options override its step/eval/log settings
+TINY = [*SMOKE_TINY, "--eval_every=0", "--log_every=50", "--replay_capacity=100000"]
 
 
 def filled_replay(steps=150, workers=2, capacity=200, chunk_size=16, seed=0):

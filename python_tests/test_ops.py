@@ -401,3 +401,18 @@ def test_kernel_impls_refuse_mixed_devices_instead_of_crashing():
         _kernels._lambda_return_impl(cpu[None], cpu[None], meta.expand(2, 2), 0.9, 0.9)
     with pytest.raises(ValueError, match="one device"):
         _kernels._twohot_impl(cpu, torch.arange(3.0, device="meta"))
+
+
+def test_use_backend_switches_for_a_block_and_restores():
+    assert ops.get_backend() == "kernels"
+    with ops.use_backend("reference"):
+        assert ops.get_backend() == "reference"
+    assert ops.get_backend() == "kernels"
+    with pytest.raises(RuntimeError, match="boom"):
+        with ops.use_backend("reference"):
+            raise RuntimeError("boom")
+    assert ops.get_backend() == "kernels"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with ops.use_backend("cuda-magic"):
+            pass
+    assert ops.get_backend() == "kernels"

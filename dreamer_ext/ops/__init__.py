@@ -19,6 +19,7 @@ Backends: ``"kernels"`` (the compiled C++/CUDA ops registered as ``torch.ops.dre
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 
@@ -26,7 +27,7 @@ import torch
 
 from . import reference
 
-__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "set_backend", "get_backend",
+__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "set_backend", "get_backend", "use_backend",
            "backend_report", "OP_NAMES"]
 
 OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return")
@@ -63,6 +64,17 @@ def set_backend(name: str) -> None:
 def get_backend() -> str:
     """The active backend name: ``"kernels"`` or ``"reference"``."""
     return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend(name):`` switch the backend for a block and restore the previous one afterwards."""
+    before = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(before)
 
 
 _backend = "kernels"
