@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dreamer_ext import cli  # noqa: E402
+from dreamer_ext.loop import tune_cpu_allocator  # noqa: E402
 from dreamer_ext.train import DESCRIPTION, train  # noqa: E402
 
 
@@ -22,6 +23,7 @@ def run(env: str, preset: str, steps: int, train_ratio: float, num_envs: int, ar
             f"--num_envs={num_envs}", "--eval_every=5000", "--eval_episodes=10", "--log_every=1000"]
     extra = sys.argv[1:] if argv is None else argv
     cfg = cli.parse_or_exit(task + list(extra), prog=os.path.basename(sys.argv[0]), description=DESCRIPTION)
+    tune_cpu_allocator()
     out = train(cfg)
     ret = float(out.get("eval_return", float("nan")))
     print(f"final_eval_return={ret:.3f}", flush=True)

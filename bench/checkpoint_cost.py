@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dreamer_ext.agent import Agent  # noqa: E402
 from dreamer_ext.checkpoint import Checkpointer, rng_state  # noqa: E402
+from dreamer_ext.loop import tune_cpu_allocator  # noqa: E402
 from dreamer_ext.config import make_config  # noqa: E402
 from dreamer_ext.envs.spec import EnvSpec  # noqa: E402
 from dreamer_ext.replay import Replay  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--preset", default="size12m")
     args = ap.parse_args()
     spec = EnvSpec(obs={"image": ((64, 64, 3), "uint8")}, act_dim=17, discrete=True)
+    tune_cpu_allocator()
     agent = Agent(make_config(args.preset, device="cpu"), spec)
     replay = Replay(5_000_000, 64)
     rng = np.random.default_rng(0)

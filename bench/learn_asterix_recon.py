@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from dreamer_ext import cli, ops  # noqa: E402
 from dreamer_ext.envs import make_env  # noqa: E402
 from dreamer_ext.replay import Replay  # noqa: E402
-from dreamer_ext.train import env_kwargs, seed_everything, to_torch  # noqa: E402
+from dreamer_ext.loop import env_kwargs, to_torch, tune_cpu_allocator  # noqa: E402
+from dreamer_ext.train import seed_everything  # noqa: E402
 
 UPDATES = 500
 KEY = "loss/rec_image"
@@ -39,6 +40,7 @@ def main() -> float:
     ops.set_backend(cfg.backend)
     seed_everything(cfg.seed)
     envs = make_env(cfg.env, cfg.seed, cfg.num_envs, **env_kwargs(cfg))
+    tune_cpu_allocator()
     agent = Agent(cfg, envs.spec)
     print(f"device: {agent.device} backend: {ops.get_backend()} params: {agent.param_count()['total']:,}", flush=True)
     replay = Replay(cfg.replay_capacity, cfg.batch_length, online=cfg.replay_online, seed=cfg.seed)

@@ -32,6 +32,9 @@ def main() -> None:
     from dreamer_ext.agent import Agent
     from dreamer_ext.config import make_config
     from dreamer_ext.envs.spec import EnvSpec
+    from dreamer_ext.loop import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the programs do (the library itself never changes process-wide settings)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +69,7 @@ def main() -> None:
         metrics = agent.train_step(batch)
     sync()
     per_update = (time.perf_counter() - t0) / args.iters
-    print(f"loss/world_model={metrics['loss/world_model']:.3f} loss/critic={metrics['loss/critic']:.3f}")
+    print(f"loss/total={metrics['loss/total']:.3f} loss/critic={metrics['loss/critic']:.3f}")
 
     N = B * T
     rssm = agent.wm.rssm

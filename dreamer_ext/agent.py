@@ -8,42 +8,17 @@ obs_t (the world model uses it shifted right by one as the previous action, zero
 """
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-
 import torch
 from torch import nn
 
 from .behavior import Behavior
-from .config import Config
+from .config import Config, loss_scales
 from .envs.spec import EnvSpec
+from .losses import total_loss
 from .optim import Optimizer
 from .world_model import WorldModel
 
-__all__ = ["Agent", "resolve_device", "tune_cpu_allocator"]
-
-
-_ALLOC_TUNED = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory inside the process (glibc only): no mmap for big blocks, no heap trimming, 256 MiB top pad.
-
-    Large CPU tensors otherwise go through mmap/munmap on every allocation and each update pays page faults for
-    gigabytes of fresh memory (measured: imagination at size12m 12.8 s -> 1.4 s). Process-wide and idempotent;
-    set ``DREAMER_EXT_MALLOC_TUNE=0`` to skip. Returns whether the settings were applied.
-    """
-    global _ALLOC_TUNED
-    if _ALLOC_TUNED or os.environ.get("DREAMER_EXT_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
-        return _ALLOC_TUNED
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-4, 0) and libc.mallopt(-1, 2**31 - 1) and libc.mallopt(-2, 256 << 20)
-    except (OSError, AttributeError):
-        return False
-    _ALLOC_TUNED = bool(ok)
-    return _ALLOC_TUNED
+__all__ = ["Agent", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,9 +45,8 @@ class Agent(nn.Module):
         self.wm = WorldModel(config, spec)
         self.behavior = Behavior(config, self.wm.rssm.feat_dim, spec.act_dim, spec.discrete)
         self._device = resolve_device(config.device)
-        if self._device.type == "cpu":
-            tune_cpu_allocator()
         self.to(self._device)
+        self.scales = loss_scales(config)
         self.opt = Optimizer(config.optim, {
             "world_model": self.wm.objective.model_parameters(self.wm),
             "actor": list(self.behavior.actor.parameters()),
@@ -157,25 +131,27 @@ class Agent(nn.Module):
     def train_step(self, batch: dict) -> dict[str, float]:
         """One full update: world model, imagination, actor, critic, optimiser, slow critic, return norm.
 
-        Returns scalar metrics (loss terms, KL dyn/rep, entropies, return scale, grad norms, ...) as floats.
-        A non-finite loss or gradient skips the update (``opt/skipped`` = 1): parameters, optimiser state and every
-        buffer (return scale, slow-critic counter, objective state) are left exactly as they were.
+        Every loss term goes into one table (``loss/<term>``), scaled by :func:`~dreamer_ext.config.loss_scales` and
+        summed once into ``loss/total``, which is differentiated once. Returns scalar metrics (loss terms, KL dyn/rep,
+        entropies, return scale, grad norms, ...) as floats. A non-finite loss or gradient skips the update
+        (``opt/skipped`` = 1): parameters, optimiser state and every buffer (return scale, slow-critic counter,
+        objective state) are left exactly as they were.
         """
         self.train()
         data = self._prepare(batch)
         saved_buffers = [b.detach().clone() for b in self.buffers()]
         self.opt.zero_grad()
-        wm_loss, post, metrics = self.wm.loss(data)
-        wm_loss.backward()  # frees the world-model graph before imagination
+        terms, post, metrics = self.wm.loss(data)
         B, T = data["reward"].shape[:2]
         start = {"h": post["h"].detach().reshape(B * T, -1),
                  "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
         start_cont = 1.0 - data["is_terminal"].reshape(B * T).float()
-        beh_loss, beh_metrics = self.behavior.loss(self.wm, start, start_cont)
-        beh_loss.backward()
+        beh_terms, beh_metrics = self.behavior.loss(self.wm, start, start_cont)
         metrics.update(beh_metrics)
-        losses_finite = bool(torch.isfinite(wm_loss.detach()) & torch.isfinite(beh_loss.detach()))
-        opt_metrics = self.opt.step(allow=losses_finite)
+        loss, loss_metrics = total_loss({**terms, **beh_terms}, self.scales)
+        metrics.update(loss_metrics)
+        loss.backward()
+        opt_metrics = self.opt.step(allow=bool(torch.isfinite(loss.detach())))
         metrics.update(opt_metrics)
         ok = bool(opt_metrics["opt/skipped"] == 0)
         if ok:
@@ -187,7 +163,4 @@ class Agent(nn.Module):
         self.wm.objective.after_update(self.wm, data, metrics, ok)
         keys = list(metrics)
         vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys]).tolist()
-        out = dict(zip(keys, vals))
-        out["loss/total"] = out["loss/world_model"] + out["loss/actor"] * self.config.loss.actor \
-            + out["loss/critic"] * self.config.loss.critic
-        return out
+        return dict(zip(keys, vals))

@@ -45,11 +45,11 @@ class Critic(nn.Module):
         cc, hc = config.critic, config.heads
         self.mlp = MLP(feat_dim, cc.units, cc.layers, config.norm)
         self.out = out_linear(self.mlp.out_dim, hc.num_bins, init="zeros")
-        self.mode = hc.bins
+        self.space = hc.bins
         self.register_buffer("bins", make_bins(hc.num_bins, hc.bin_range, hc.bins), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.out(self.mlp(feat)), self.bins, self.mode)
+        return TwoHot(self.out(self.mlp(feat)), self.bins, self.space)
 
 
 class ReturnNorm(nn.Module):
@@ -104,13 +104,14 @@ class Behavior(nn.Module):
             return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
 
     def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None
-             ) -> tuple[torch.Tensor, dict]:
-        """Actor + critic loss from imagination.
+             ) -> tuple[dict, dict]:
+        """Actor and critic loss terms from imagination.
 
         Args: ``start`` posterior states ``{"h": [N, deter], "z": [N, S, C]}``, ``start_cont[N]`` = 1 − is_terminal
-        of those states (ĉ_0). Returns (scaled actor loss + critic loss, metrics of 0-d tensors).
+        of those states (ĉ_0). Returns (terms ``{"actor": [H, N], "critic": [H, N]}``, unscaled and per element, and
+        metrics of 0-d tensors).
         """
-        ic, ls = self.config.imag, self.config.loss
+        ic = self.config.imag
         H, gamma = ic.horizon, ic.gamma
         traj = self.imagine(wm, start, H, uniforms)
         feat = traj["feat"]                                            # [H+1, N, F], no grad
@@ -128,19 +129,17 @@ class Behavior(nn.Module):
         pi = self.actor(feat[:H])
         logp = pi.log_prob(traj["action"])
         ent = pi.entropy()
-        actor_loss = (-weight * (logp * adv.detach() + self.config.actor.entropy * ent)).mean()
+        actor = -weight * (logp * adv.detach() + self.config.actor.entropy * ent)
         # critic: twohot CE to the λ-return and to the slow critic
-        crit = TwoHot(critic_dist.logits[:H], critic_dist.bins, critic_dist.mode)
-        critic_loss = (weight * (crit.loss(ret) + self.config.critic.slow_reg * crit.loss(slow))).mean()
-        loss = ls.actor * actor_loss + ls.critic * critic_loss
+        crit = TwoHot(critic_dist.logits[:H], critic_dist.bins, critic_dist.space)
+        critic = weight * (crit.loss(ret) + self.config.critic.slow_reg * crit.loss(slow))
         metrics = {
-            "loss/actor": actor_loss.detach(), "loss/critic": critic_loss.detach(),
             "actor/entropy": ent.detach().mean(), "actor/logp": logp.detach().mean(),
             "ret/mean": ret.mean(), "ret/scale": self.retnorm.scale.detach().clone(), "ret/adv_mean": adv.mean(),
             "ret/adv_std": adv.std(), "imag/reward": reward.mean(), "imag/cont": cont[1:].mean(),
             "imag/value": value.mean(), "imag/weight": weight.mean(), "imag/slow_value": slow.mean(),
         }
-        return loss, metrics
+        return {"actor": actor, "critic": critic}, metrics
 
     @torch.no_grad()
     def update_slow(self) -> None:

@@ -11,11 +11,10 @@ Order of application: defaults -> ``--preset NAME`` (wherever it appears on the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any, Callable, Sequence
 
-from .config import Config, apply_preset
+from .config import Config, apply_preset, iter_leaves, parse_value
 
 
 class CLIError(Exception):
@@ -27,17 +26,6 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-def iter_fields(obj: Any, prefix: str = ""):
-    """Yield ``(dotted_name, field, default_value)`` for every leaf field of a dataclass instance, depth first."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        name = prefix + f.name
-        if dataclasses.is_dataclass(value):
-            yield from iter_fields(value, name + ".")
-        else:
-            yield name, f, value
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -46,35 +34,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, str) and value == "":
         return "''"
     return str(value)
-
-
-def convert(text: str, default: Any, option: str) -> Any:
-    """Parse ``text`` to the type of ``default`` (bool, int, float, str, tuple/list of those); ValueError names the option."""
-    try:
-        if isinstance(default, bool):
-            low = text.strip().lower()
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            f = float(text)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, (tuple, list)):
-            elem = default[0] if len(default) else ""
-            items = [convert(t, elem, option) for t in text.split(",") if t.strip()]
-            return type(default)(items)
-        if isinstance(default, str) or default is None:
-            return text
-    except (ValueError, OverflowError):
-        kind = "bool (true/false)" if isinstance(default, bool) else type(default).__name__
-        raise ValueError(f"--{option}: invalid {kind} value {text!r}") from None
-    raise ValueError(f"--{option}: unsupported field type {type(default).__name__}")
 
 
 def build_parser(
@@ -96,7 +55,7 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, f, value in iter_fields(default):
+    for name, f, value in iter_leaves(default):
         section = name.rsplit(".", 1)[0] if "." in name else ""
         if section not in groups:
             title = f"{section} options" if section else "run and training options"
@@ -140,17 +99,17 @@ def parse(
     """
     cfg = make_default()
     parser = build_parser(cfg, prog, description, epilog)
-    options = {name for name, _, _ in iter_fields(cfg)}
+    options = {name for name, _, _ in iter_leaves(cfg)}
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     given = vars(ns)  # dest -> raw string, in command-line order of first definition
     try:
         if apply_preset_fn is not None and hasattr(cfg, "preset"):
             apply_preset_fn(cfg, given.get("preset", cfg.preset))
-        defaults = {name: value for name, _, value in iter_fields(make_default())}
+        defaults = {name: value for name, _, value in iter_leaves(make_default())}
         for name, text in given.items():
             if name == "preset":
                 continue
-            _set(cfg, name, convert(text, defaults[name], name))
+            _set(cfg, name, parse_value(text, defaults[name], name))
         if hasattr(cfg, "validate"):
             cfg.validate()
     except ValueError as e:

@@ -1,187 +1,250 @@
 """Typed configuration for dreamer_ext: nested dataclasses, size presets, validation, JSON round-trip.
 
-Every field carries ``metadata={"help": ...}`` (one line) which the CLI generator reads. Nested fields are
-addressed with dotted paths (``rssm.deter``); :func:`set_path` / :func:`get_path` do that.
+Every field is declared with :func:`_f`: a default, a one-line help (read by the CLI generator) and the field's own
+check (``positive``, ``in_range(...)``, ``one_of(...)``, ...), so a new field cannot escape validation.
+:meth:`Config.validate` runs every field's type and value check (floats must also be finite), then the few checks
+that relate two fields. Nested fields are addressed with dotted paths (``rssm.deter``); :func:`set_path` /
+:func:`get_path` do that, and :func:`parse_value` is the one string/JSON -> field-value converter (the CLI uses it too).
 
 Defaults are DreamerV3 V2 behaviour except where ``dreamerv3.md`` marks the project's notes (symlog twohot bins,
 β_rep = 0.1, actor unimix, explicit γ). V1 behaviour is reachable through switches (``norm="layer"``,
-``optim.kind="adam"``, ``heads.bins="symexp"`` is the *V2* raw-space switch).
+``optim.kind="adam"``); ``heads.bins="symexp"`` selects the V2 raw-space bins.
 
-Step counting: ``steps`` counts *policy steps* (agent steps, i.e. after action repeat), which is how Atari100k
-counts its 100k/110k budget (110k policy steps = 440k frames with action repeat 4). ``eval_every`` and ``log_every``
-use the same unit.
+Units: ``steps``, ``eval_every``, ``log_every``, ``checkpoint_every`` and ``media_every`` count **env steps**: agent
+decisions summed over the ``num_envs`` training environments (after action repeat: on Atari one env step is
+``action_repeat`` emulator frames, so Atari100k's 110k env steps are 440k frames).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "Config", "RSSMConfig", "EncoderConfig", "DecoderConfig", "HeadsConfig", "ActorConfig", "CriticConfig",
-    "ImagConfig", "LossConfig", "OptimConfig", "RepoConfig", "PRESETS", "make_config", "apply_preset",
-    "config_from_dict", "config_to_dict", "set_path", "get_path",
+    "ImagConfig", "LossConfig", "OptimConfig", "PRESETS", "make_config", "apply_preset", "config_from_dict",
+    "config_to_dict", "set_path", "get_path", "parse_value", "iter_leaves", "loss_scales",
 ]
 
+# ----------------------------------------------------------------------------------------------------- field checks
+# A check takes the value and returns None when it is fine, else the reason (the field's dotted name is prefixed).
+Check = Callable[[Any], "str | None"]
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """Dataclass field with a one-line help string in ``metadata["help"]``."""
-    if isinstance(default, (list, dict, set)) or is_dataclass(default):
-        d = default
-        return field(default_factory=lambda: dataclasses.replace(d) if is_dataclass(d) else type(d)(d),
-                     metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+
+def positive(v) -> str | None:
+    return None if v > 0 else f"must be positive, got {v!r}"
+
+
+def non_negative(v) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v!r}"
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(v):
+        ok = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be in {text}, got {v!r}"
+    return check
+
+
+def at_least(n: int) -> Check:
+    return lambda v: None if v >= n else f"must be >= {n}, got {v!r}"
+
+
+def one_of(*options: str, hints: dict | None = None) -> Check:
+    def check(v):
+        if v in options:
+            return None
+        if hints and v in hints:
+            return hints[v]
+        return f"must be one of {options}, got {v!r}"
+    return check
+
+
+def non_empty(v) -> str | None:
+    return None if v else "must be non-empty"
+
+
+def odd_positive(v) -> str | None:
+    return None if v > 0 and v % 2 == 1 else f"must be a positive odd number ('same' padding), got {v!r}"
+
+
+def four_positive(v) -> str | None:
+    ok = len(v) == 4 and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in v)
+    return None if ok else f"need 4 positive ints (64x64 -> 4x4), got {v!r}"
+
+
+def device_name(v) -> str | None:
+    return None if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) else \
+        f"expected auto | cpu | cuda | cuda:N, got {v!r}"
+
+
+def _preset_name(v) -> str | None:
+    return None if v in PRESETS else f"unknown preset {v!r}; choose one of {sorted(PRESETS)}"
+
+
+def _f(default: Any, help: str, check: Check | None = None) -> Any:
+    """A config field: default, one-line help (``metadata["help"]``) and its own check (``metadata["check"]``)."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 def _sub(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help})
 
 
+# ---------------------------------------------------------------------------------------------------------- sections
 @dataclass
 class RSSMConfig:
-    deter: int = _f(2048, "deterministic state size h (block GRU width)")
-    hidden: int = _f(256, "hidden width of RSSM input/prior/posterior layers")
-    stoch: int = _f(32, "number of categorical latent groups")
-    classes: int = _f(16, "classes per latent group C")
-    blocks: int = _f(8, "GRU blocks g (block-diagonal weights); 1 = dense GRU")
-    unimix: float = _f(0.01, "uniform mixture on latent categoricals")
-    prior_layers: int = _f(2, "hidden layers of the prior p(z|h)")
-    post_layers: int = _f(1, "hidden layers of the posterior q(z|h,x)")
-    dyn_layers: int = _f(1, "BlockLinear+norm+SiLU layers inside the core before the gate layer")
+    deter: int = _f(2048, "deterministic state size h (block GRU width)", positive)
+    hidden: int = _f(256, "hidden width of RSSM input/prior/posterior layers", positive)
+    stoch: int = _f(32, "number of categorical latent groups", positive)
+    classes: int = _f(16, "classes per latent group C", positive)
+    blocks: int = _f(8, "GRU blocks g (block-diagonal weights); 1 = dense GRU", positive)
+    unimix: float = _f(0.01, "uniform mixture on latent categoricals", in_range(0, 1, hi_open=True))
+    prior_layers: int = _f(2, "hidden layers of the prior p(z|h)", positive)
+    post_layers: int = _f(1, "hidden layers of the posterior q(z|h,x)", positive)
+    dyn_layers: int = _f(1, "BlockLinear+norm+SiLU layers inside the core before the gate layer", non_negative)
 
 
 @dataclass
 class EncoderConfig:
-    cnn_depth: int = _f(16, "CNN base depth d; channels d*(2,3,4,4)")
-    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers per stage")
-    kernel: int = _f(5, "CNN kernel size")
-    mlp_units: int = _f(256, "units of the vector-observation MLP")
-    mlp_layers: int = _f(3, "layers of the vector-observation MLP")
+    cnn_depth: int = _f(16, "CNN base depth d; channels d*(2,3,4,4)", positive)
+    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers per stage", four_positive)
+    kernel: int = _f(5, "CNN kernel size", odd_positive)
+    mlp_units: int = _f(256, "units of the vector-observation MLP", positive)
+    mlp_layers: int = _f(3, "layers of the vector-observation MLP", positive)
     symlog_inputs: bool = _f(True, "apply symlog to vector observations")
 
 
 @dataclass
 class DecoderConfig:
-    cnn_depth: int = _f(16, "CNN base depth d of the image decoder")
-    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers (mirrored)")
-    kernel: int = _f(5, "CNN kernel size")
-    mlp_units: int = _f(256, "units of the vector decoder MLP")
-    mlp_layers: int = _f(3, "layers of the vector decoder MLP")
+    cnn_depth: int = _f(16, "CNN base depth d of the image decoder", positive)
+    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers (mirrored)", four_positive)
+    kernel: int = _f(5, "CNN kernel size", odd_positive)
+    mlp_units: int = _f(256, "units of the vector decoder MLP", positive)
+    mlp_layers: int = _f(3, "layers of the vector decoder MLP", positive)
 
 
 @dataclass
 class HeadsConfig:
-    units: int = _f(256, "units of reward/continue heads")
-    reward_layers: int = _f(1, "hidden layers of the reward head")
-    cont_layers: int = _f(1, "hidden layers of the continue head")
-    bins: str = _f("symlog", "twohot bins: 'symlog' (notes/V1: symlog-space bins) | 'symexp' (V2: raw-space bins)")
-    num_bins: int = _f(255, "number of twohot bins")
-    bin_range: float = _f(20.0, "bins span linspace(-r, r) before the optional symexp")
+    units: int = _f(256, "units of reward/continue heads", positive)
+    reward_layers: int = _f(1, "hidden layers of the reward head", positive)
+    cont_layers: int = _f(1, "hidden layers of the continue head", positive)
+    bins: str = _f("symlog", "twohot bins: 'symlog' (notes/V1: symlog-space bins) | 'symexp' (V2: raw-space bins)",
+                   one_of("symlog", "symexp"))
+    num_bins: int = _f(255, "number of twohot bins", at_least(2))
+    bin_range: float = _f(20.0, "bins span linspace(-r, r) before the optional symexp", positive)
 
 
 @dataclass
 class ActorConfig:
-    units: int = _f(256, "actor MLP units")
-    layers: int = _f(3, "actor hidden layers")
-    entropy: float = _f(3e-4, "entropy bonus scale eta")
-    unimix: float = _f(0.01, "uniform mixture on the discrete action distribution (notes)")
-    min_std: float = _f(0.1, "continuous actor: minimum std")
-    max_std: float = _f(1.0, "continuous actor: maximum std")
-    init_scale: float = _f(0.01, "continuous actor: output layer init scale")
+    units: int = _f(256, "actor MLP units", positive)
+    layers: int = _f(3, "actor hidden layers", positive)
+    entropy: float = _f(3e-4, "entropy bonus scale eta", non_negative)
+    unimix: float = _f(0.01, "uniform mixture on the discrete action distribution (notes)", in_range(0, 1))
+    min_std: float = _f(0.1, "continuous actor: minimum std", positive)
+    max_std: float = _f(1.0, "continuous actor: maximum std (must exceed min_std)", positive)
+    init_scale: float = _f(0.01, "continuous actor: output layer init scale", positive)
 
 
 @dataclass
 class CriticConfig:
-    units: int = _f(256, "critic MLP units")
-    layers: int = _f(3, "critic hidden layers")
-    slow_rate: float = _f(0.02, "slow critic EMA rate per update")
-    slow_every: int = _f(1, "update the slow critic every N updates")
-    slow_reg: float = _f(1.0, "scale of the CE(v, sg v_slow) regulariser")
+    units: int = _f(256, "critic MLP units", positive)
+    layers: int = _f(3, "critic hidden layers", positive)
+    slow_rate: float = _f(0.02, "slow critic EMA rate per update", in_range(0, 1))
+    slow_every: int = _f(1, "update the slow critic every N updates", positive)
+    slow_reg: float = _f(1.0, "scale of the CE(v, sg v_slow) regulariser", non_negative)
 
 
 @dataclass
 class ImagConfig:
-    horizon: int = _f(15, "imagination horizon H (H+1 states incl. start)")
-    gamma: float = _f(1.0 - 1.0 / 333.0, "discount gamma")
-    lam: float = _f(0.95, "lambda of the lambda-return")
-    retnorm_decay: float = _f(0.99, "EMA decay of the return scale S")
-    retnorm_low: float = _f(5.0, "lower return percentile")
-    retnorm_high: float = _f(95.0, "upper return percentile")
-    retnorm_limit: float = _f(1.0, "advantage divided by max(limit, S)")
+    horizon: int = _f(15, "imagination horizon H (H+1 states incl. start)", positive)
+    gamma: float = _f(1.0 - 1.0 / 333.0, "discount gamma", in_range(0, 1))
+    lam: float = _f(0.95, "lambda of the lambda-return", in_range(0, 1))
+    retnorm_decay: float = _f(0.99, "EMA decay of the return scale S", in_range(0, 1))
+    retnorm_low: float = _f(5.0, "lower return percentile (below retnorm_high)", in_range(0, 100))
+    retnorm_high: float = _f(95.0, "upper return percentile", in_range(0, 100))
+    retnorm_limit: float = _f(1.0, "advantage divided by max(limit, S)", non_negative)
 
 
 @dataclass
 class LossConfig:
-    pred: float = _f(1.0, "beta_pred: scale of reconstruction, reward and continue losses")
-    dyn: float = _f(1.0, "beta_dyn: scale of KL[sg(q)||p]")
-    rep: float = _f(0.1, "beta_rep: scale of KL[q||sg(p)] (notes: 0.1)")
-    free_bits: float = _f(1.0, "free bits (nats) per (batch, time) element")
-    actor: float = _f(1.0, "actor loss scale")
-    critic: float = _f(1.0, "critic loss scale")
+    """One scale per loss term: the agent's loss is ``Σ_k scale_k · mean(term_k)`` over exactly these keys."""
+
+    rec: float = _f(1.0, "scale of the reconstruction loss (sum over observation keys)", non_negative)
+    rew: float = _f(1.0, "scale of the reward loss", non_negative)
+    con: float = _f(1.0, "scale of the continue loss", non_negative)
+    dyn: float = _f(1.0, "beta_dyn: scale of max(free_bits, KL[sg(q)||p])", non_negative)
+    rep: float = _f(0.1, "beta_rep: scale of max(free_bits, KL[q||sg(p)]) (notes: 0.1)", non_negative)
+    actor: float = _f(1.0, "actor loss scale", non_negative)
+    critic: float = _f(1.0, "critic loss scale", non_negative)
+    free_bits: float = _f(1.0, "free bits (nats) per (batch, time) element (not a loss term)", non_negative)
+
+
+def loss_scales(cfg: "Config") -> dict[str, float]:
+    """The loss table's scales: every :class:`LossConfig` field except ``free_bits``, by term name."""
+    return {f.name: float(getattr(cfg.loss, f.name)) for f in fields(cfg.loss) if f.name != "free_bits"}
 
 
 @dataclass
 class OptimConfig:
-    kind: str = _f("laprop", "optimiser: 'laprop' (V2) | 'adam' (V1)")
-    lr: float = _f(4e-5, "LaProp learning rate")
-    eps: float = _f(1e-20, "LaProp RMS epsilon")
-    beta1: float = _f(0.9, "momentum decay")
-    beta2: float = _f(0.999, "second-moment decay")
-    agc: float = _f(0.3, "adaptive gradient clipping ratio (0 disables)")
-    agc_pmin: float = _f(1e-3, "AGC lower bound on the parameter norm")
-    warmup: int = _f(1000, "linear learning-rate warm-up in updates")
+    kind: str = _f("laprop", "optimiser: 'laprop' (V2) | 'adam' (V1)", one_of("laprop", "adam"))
+    lr: float = _f(4e-5, "LaProp learning rate", positive)
+    eps: float = _f(1e-20, "LaProp RMS epsilon", positive)
+    beta1: float = _f(0.9, "momentum decay", in_range(0, 1))
+    beta2: float = _f(0.999, "second-moment decay", in_range(0, 1, hi_open=True))
+    agc: float = _f(0.3, "adaptive gradient clipping ratio (0 disables)", non_negative)
+    agc_pmin: float = _f(1e-3, "AGC lower bound on the parameter norm", positive)
+    warmup: int = _f(1000, "linear learning-rate warm-up in updates", non_negative)
     # V1 Adam settings (used when kind == "adam")
-    model_lr: float = _f(1e-4, "V1 Adam: world model learning rate")
-    model_eps: float = _f(1e-8, "V1 Adam: world model epsilon")
-    model_clip: float = _f(1000.0, "V1 Adam: world model global grad-norm clip")
-    ac_lr: float = _f(3e-5, "V1 Adam: actor and critic learning rate")
-    ac_eps: float = _f(1e-5, "V1 Adam: actor and critic epsilon")
-    ac_clip: float = _f(100.0, "V1 Adam: actor and critic global grad-norm clip")
+    model_lr: float = _f(1e-4, "V1 Adam: world model learning rate", positive)
+    model_eps: float = _f(1e-8, "V1 Adam: world model epsilon", positive)
+    model_clip: float = _f(1000.0, "V1 Adam: world model global grad-norm clip", non_negative)
+    ac_lr: float = _f(3e-5, "V1 Adam: actor and critic learning rate", positive)
+    ac_eps: float = _f(1e-5, "V1 Adam: actor and critic epsilon", positive)
+    ac_clip: float = _f(100.0, "V1 Adam: actor and critic global grad-norm clip", non_negative)
 
 
-@dataclass
-class RepoConfig:
-    epsilon: float = _f(3.0, "RePo KL budget epsilon in nats per step")
-    alpha: float = _f(5.0 / 6.0, "RePo KL balance alpha")
-    beta_init: float = _f(1e-3, "RePo initial Lagrange multiplier beta")
-    beta_lr: float = _f(1e-3, "RePo Adam lr on log beta")
-    beta_min: float = _f(1e-4, "RePo clamp: minimum beta")
-    beta_max: float = _f(10.0, "RePo clamp: maximum beta")
-    kl_ema: float = _f(0.0, "RePo: EMA decay of the KL used for the dual step (0 = off)")
+_OBJECTIVE_HINTS = {"repo": "'repo' (RePo) is planned but not implemented yet; available now: 'dreamer'"}
 
 
 @dataclass
 class Config:
     # ---- run ----
-    env: str = _f("ALE/Asterix-v5", "environment id")
-    preset: str = _f("size12m", "model size preset (size1m..size400m)")
-    steps: int = _f(110_000, "policy (agent) steps to train, after action repeat (Atari100k: 110k)")
+    env: str = _f("ALE/Asterix-v5", "environment id", non_empty)
+    preset: str = _f("size12m", "model size preset (size1m..size400m)", _preset_name)
+    steps: int = _f(110_000, "env steps to train, summed over envs (Atari100k: 110k)", positive)
     logdir: str = _f("", "run directory; empty -> runs/<env>-<timestamp>")
-    seed: int = _f(0, "random seed")
-    device: str = _f("auto", "device: auto | cpu | cuda")
-    eval_every: int = _f(10_000, "policy steps between evaluations (0 disables)")
-    eval_episodes: int = _f(10, "episodes per evaluation")
-    log_every: int = _f(1_000, "policy steps between metric logs")
-    num_envs: int = _f(1, "parallel environments")
-    action_repeat: int = _f(4, "env frames per policy step")
+    seed: int = _f(0, "random seed (>= 0)", non_negative)
+    device: str = _f("auto", "device: auto | cpu | cuda | cuda:N", device_name)
+    eval_every: int = _f(10_000, "env steps between evaluations (0 disables)", non_negative)
+    eval_episodes: int = _f(10, "episodes per evaluation", positive)
+    log_every: int = _f(1_000, "env steps between metric logs", positive)
+    num_envs: int = _f(1, "parallel environments", positive)
+    action_repeat: int = _f(4, "emulator frames per env step (ALE envs only)", positive)
     # ---- run management ----
-    checkpoint_every: int = _f(10_000, "policy steps between checkpoints (0: only at the end)")
-    checkpoint_keep: int = _f(2, "newest checkpoints kept in <logdir>/checkpoints")
+    checkpoint_every: int = _f(10_000, "env steps between checkpoints (0: only at the end)", non_negative)
+    checkpoint_keep: int = _f(2, "newest checkpoints kept in <logdir>/checkpoints", positive)
     resume: bool = _f(False, "continue the run in --logdir from its latest checkpoint (fresh start if it has none)")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run directory")
-    media_every: int = _f(10_000, "policy steps between reconstruction images and eval episode GIFs (image obs; 0 off)")
-    video_frames: int = _f(500, "maximum frames of a logged eval episode GIF")
+    media_every: int = _f(10_000, "env steps between reconstruction images and eval episode GIFs (image obs; 0 off)",
+                          non_negative)
+    video_frames: int = _f(500, "maximum frames of a logged eval episode GIF", positive)
     # ---- training ----
-    train_ratio: float = _f(256.0, "replayed steps per policy step (V2 256, V1 1024)")
-    batch_size: int = _f(16, "batch size B")
-    batch_length: int = _f(64, "sequence length T")
-    replay_capacity: int = _f(5_000_000, "replay capacity in steps")
+    train_ratio: float = _f(256.0, "replayed steps per env step (V2 256, V1 1024)", positive)
+    batch_size: int = _f(16, "batch size B", positive)
+    batch_length: int = _f(64, "sequence length T", positive)
+    replay_capacity: int = _f(5_000_000, "replay capacity in steps (at least max(batch_size, num_envs)*batch_length)",
+                              positive)
     replay_online: bool = _f(True, "V2 online queue: each fresh window is sampled once first")
-    backend: str = _f("kernels", "ops backend: kernels | reference")
-    objective: str = _f("dreamer", "world-model objective: dreamer | repo")
-    norm: str = _f("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)")
-    precision: str = _f("fp32", "compute precision (fp32 only for now)")
+    backend: str = _f("kernels", "ops backend: kernels | reference", one_of("kernels", "reference"))
+    objective: str = _f("dreamer", "world-model objective: dreamer (RePo is planned)",
+                        one_of("dreamer", hints=_OBJECTIVE_HINTS))
+    norm: str = _f("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)", one_of("rms", "layer"))
+    precision: str = _f("fp32", "compute precision (fp32 only for now)", one_of("fp32"))
     # ---- model ----
     rssm: RSSMConfig = _sub(RSSMConfig, "RSSM world-model core")
     encoder: EncoderConfig = _sub(EncoderConfig, "observation encoders")
@@ -190,17 +253,37 @@ class Config:
     actor: ActorConfig = _sub(ActorConfig, "actor network")
     critic: CriticConfig = _sub(CriticConfig, "critic network and slow critic")
     imag: ImagConfig = _sub(ImagConfig, "imagination, returns and return normalisation")
-    loss: LossConfig = _sub(LossConfig, "loss scales and free bits")
+    loss: LossConfig = _sub(LossConfig, "loss scales (one per term) and free bits")
     optim: OptimConfig = _sub(OptimConfig, "optimiser")
-    repo: RepoConfig = _sub(RepoConfig, "RePo objective settings")
 
     def validate(self) -> "Config":
-        """Raise ``ValueError`` naming the offending field; return self when valid."""
-        _validate(self)
+        """Raise ``ValueError("<dotted.field>: <reason>")`` for the first invalid field; return self when valid."""
+        for path, f, value in iter_leaves(self):
+            _check_type(path, value, f.default)
+            check = f.metadata.get("check")
+            reason = check(value) if check is not None else None
+            if reason:
+                raise ValueError(f"{path}: {reason}")
+        _check_relations(self)
         return self
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
+
+
+def _check_relations(cfg: Config) -> None:
+    """The checks that relate two or more fields."""
+    if cfg.rssm.deter % cfg.rssm.blocks:
+        raise ValueError(f"rssm.deter: {cfg.rssm.deter} is not divisible by rssm.blocks={cfg.rssm.blocks}")
+    if cfg.actor.max_std <= cfg.actor.min_std:
+        raise ValueError(f"actor.max_std: must exceed actor.min_std={cfg.actor.min_std}, got {cfg.actor.max_std}")
+    if cfg.imag.retnorm_low >= cfg.imag.retnorm_high:
+        raise ValueError(f"imag.retnorm_low: must be below imag.retnorm_high={cfg.imag.retnorm_high}, "
+                         f"got {cfg.imag.retnorm_low}")
+    need = max(cfg.batch_size, cfg.num_envs) * cfg.batch_length
+    if cfg.replay_capacity < need:
+        raise ValueError(f"replay_capacity: must be at least max(batch_size, num_envs) * batch_length = {need} "
+                         f"(else training can never start), got {cfg.replay_capacity}")
 
 
 # preset -> (deter, hidden, classes, cnn depth, units)
@@ -220,8 +303,9 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def apply_preset(cfg: Config, name: str) -> Config:
     """Set the size fields of ``cfg`` (in place) from ``PRESETS[name]``; returns cfg."""
-    if name not in PRESETS:
-        raise ValueError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    reason = _preset_name(name)
+    if reason:
+        raise ValueError(f"preset: {reason}")
     p = PRESETS[name]
     cfg.preset = name
     cfg.rssm.deter, cfg.rssm.hidden, cfg.rssm.classes = p["deter"], p["hidden"], p["classes"]
@@ -232,32 +316,104 @@ def apply_preset(cfg: Config, name: str) -> Config:
     return cfg
 
 
+# -------------------------------------------------------------------------------------------- paths and conversion
+def iter_leaves(obj: Any, prefix: str = ""):
+    """Yield ``(dotted_name, field, value)`` for every leaf field of a dataclass instance, depth first."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            yield from iter_leaves(value, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, value
+
+
+def _kind(like: Any) -> str:
+    if isinstance(like, bool):
+        return "bool (true/false)"
+    if isinstance(like, tuple):
+        return "comma-separated list"
+    return type(like).__name__
+
+
+def _check_type(path: str, value: Any, like: Any) -> None:
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          tuple: lambda v: isinstance(v, tuple)}[type(like)](value)
+    if not ok:
+        raise ValueError(f"{path}: expected {_kind(like)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path}: must be finite, got {value!r}")
+
+
+def parse_value(value: Any, like: Any, path: str) -> Any:
+    """Convert ``value`` (command-line text or a JSON value) to the type of ``like`` (the field's default).
+
+    bool: true/false/1/0/yes/no/on/off; int: integral numbers only ("1e3" -> 1000, "1.5" is an error); float: any
+    number; tuple: comma-separated text or a list; str: text. Raises ``ValueError("<path>: ...")``; range and
+    finiteness are checked later by :meth:`Config.validate`.
+    """
+    original = value
+    try:
+        if isinstance(like, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            elem = like[0] if like else ""
+            return tuple(parse_value(v.strip() if isinstance(v, str) else v, elem, path)
+                         for v in items if not (isinstance(v, str) and not v.strip()))
+        if isinstance(value, str) and not isinstance(like, str):
+            text = value.strip()
+            if isinstance(like, bool):
+                return {"true": True, "1": True, "yes": True, "on": True,
+                        "false": False, "0": False, "no": False, "off": False}[text.lower()]
+            if isinstance(like, int):
+                try:
+                    return int(text)
+                except ValueError:
+                    value = float(text)  # "1e3"; checked to be integral below
+            else:
+                return float(text)
+        if isinstance(like, bool):
+            if isinstance(value, bool):
+                return value
+        elif isinstance(like, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif isinstance(like, float):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif isinstance(like, str):
+            if isinstance(value, str):
+                return value
+        else:
+            raise ValueError(f"{path}: unsupported field type {type(like).__name__}")
+    except (KeyError, ValueError, TypeError, OverflowError) as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+    raise ValueError(f"{path}: invalid {_kind(like)} value {original!r}") from None
+
+
 def get_path(cfg: Any, path: str) -> Any:
     """Value at dotted ``path`` (e.g. ``"rssm.deter"``)."""
     obj = cfg
     for part in path.split("."):
-        if not hasattr(obj, part):
+        if not is_dataclass(obj) or part not in {f.name for f in fields(obj)}:
             raise ValueError(f"{path}: no such config field")
         obj = getattr(obj, part)
     return obj
 
 
-def set_path(cfg: Any, path: str, value: Any, _prefix: str = "") -> None:
-    """Set dotted ``path`` to ``value`` (coerced to the field's current type); a dict sets a section's fields."""
-    if _prefix:
-        full = _prefix + "." + path
-        obj = cfg
-        for part in path.split(".")[:-1]:
-            obj = getattr(obj, part, None)
-        if obj is None or path.split(".")[-1] not in {f.name for f in fields(obj)}:
-            raise ValueError(f"{full}: no such config field")
-    parts = path.split(".")
+def set_path(cfg: Any, path: str, value: Any) -> None:
+    """Set dotted ``path`` to ``value`` converted by :func:`parse_value`; a dict sets a section's fields."""
+    *parents, name = path.split(".")
     obj = cfg
-    for part in parts[:-1]:
-        if not hasattr(obj, part) or not is_dataclass(getattr(obj, part)):
+    for part in parents:
+        sub = getattr(obj, part, None) if is_dataclass(obj) and part in {f.name for f in fields(obj)} else None
+        if not is_dataclass(sub):
             raise ValueError(f"{path}: no such config section {part!r}")
-        obj = getattr(obj, part)
-    name = parts[-1]
+        obj = sub
     if name not in {f.name for f in fields(obj)}:
         raise ValueError(f"{path}: no such config field")
     old = getattr(obj, name)
@@ -265,37 +421,9 @@ def set_path(cfg: Any, path: str, value: Any, _prefix: str = "") -> None:
         if not isinstance(value, dict):
             raise ValueError(f"{path}: expected a dict for a config section, got {type(value).__name__}")
         for k, v in value.items():
-            set_path(old, k, v, _prefix=(_prefix + "." if _prefix else "") + path)
+            set_path(cfg, f"{path}.{k}", v)
         return
-    setattr(obj, name, _coerce(old, value, path))
-
-
-def _coerce(old: Any, value: Any, path: str) -> Any:
-    try:
-        if isinstance(old, bool):
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if isinstance(old, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if isinstance(old, float):
-            return float(value)
-        if isinstance(old, tuple):
-            if isinstance(value, str):
-                value = [int(v) for v in value.split(",") if v.strip()]
-            return tuple(value)
-        if isinstance(old, str):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: cannot convert {value!r} to {type(old).__name__}") from None
-    return value
+    setattr(obj, name, parse_value(value, old, path))
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> Config:
@@ -324,82 +452,24 @@ def config_to_dict(cfg: Config) -> dict:
     return conv(dataclasses.asdict(cfg))
 
 
+def _upgrade(d: dict) -> dict:
+    """Configs saved by earlier versions: ``loss.pred`` (one scale for rec, rew and con) becomes the three scales;
+    the unused ``repo`` section is dropped."""
+    d = dict(d)
+    d.pop("repo", None)
+    if isinstance(d.get("loss"), dict) and "pred" in d["loss"]:
+        loss = dict(d["loss"])
+        pred = loss.pop("pred")
+        for k in ("rec", "rew", "con"):
+            loss.setdefault(k, pred)
+        d["loss"] = loss
+    return d
+
+
 def config_from_dict(d: dict) -> Config:
-    """Inverse of :func:`config_to_dict` / ``dataclasses.asdict``; unknown keys raise ValueError."""
+    """Inverse of :func:`config_to_dict` (also reads configs saved by earlier versions); unknown keys raise
+    ValueError."""
     cfg = Config()
-    for key, value in d.items():
+    for key, value in _upgrade(d).items():
         set_path(cfg, key, value)
     return cfg.validate()
-
-
-def _validate(cfg: Config) -> None:
-    def pos(path: str, allow_zero: bool = False) -> None:
-        v = get_path(cfg, path)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
-            raise ValueError(f"{path}: must be {'non-negative' if allow_zero else 'positive'}, got {v!r}")
-
-    def prob(path: str, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = get_path(cfg, path)
-        if not (0.0 <= v <= 1.0) or (lo_open and v == 0) or (hi_open and v == 1):
-            raise ValueError(f"{path}: must be in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}, got {v!r}")
-
-    def choice(path: str, options: tuple) -> None:
-        v = get_path(cfg, path)
-        if v not in options:
-            raise ValueError(f"{path}: must be one of {options}, got {v!r}")
-
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"preset: unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    if not cfg.env:
-        raise ValueError("env: must be non-empty")
-    choice("device", ("auto", "cpu", "cuda"))
-    choice("backend", ("kernels", "reference"))
-    choice("objective", ("dreamer", "repo"))
-    choice("norm", ("rms", "layer"))
-    choice("precision", ("fp32",))
-    choice("heads.bins", ("symlog", "symexp"))
-    choice("optim.kind", ("laprop", "adam"))
-    for p in ("steps", "checkpoint_keep", "video_frames", "eval_episodes", "log_every", "num_envs", "action_repeat",
-              "train_ratio", "batch_size",
-              "batch_length", "replay_capacity", "rssm.deter", "rssm.hidden", "rssm.stoch", "rssm.classes",
-              "rssm.blocks", "rssm.prior_layers", "rssm.post_layers", "encoder.cnn_depth", "encoder.kernel",
-              "encoder.mlp_units", "encoder.mlp_layers", "decoder.cnn_depth", "decoder.kernel", "decoder.mlp_units",
-              "decoder.mlp_layers", "heads.units", "heads.reward_layers", "heads.cont_layers", "heads.bin_range",
-              "actor.units", "actor.layers", "actor.min_std", "actor.init_scale", "critic.units", "critic.layers",
-              "critic.slow_every", "imag.horizon", "optim.lr", "optim.eps", "optim.model_lr", "optim.model_eps",
-              "optim.ac_lr", "optim.ac_eps", "optim.agc_pmin", "repo.beta_init", "repo.beta_lr", "repo.beta_min",
-              "repo.beta_max"):
-        pos(p)
-    for p in ("eval_every", "checkpoint_every", "media_every", "rssm.dyn_layers", "loss.pred", "loss.dyn", "loss.rep",
-              "loss.free_bits",
-              "loss.actor", "loss.critic", "actor.entropy", "critic.slow_reg", "optim.agc", "optim.warmup",
-              "optim.model_clip", "optim.ac_clip", "imag.retnorm_limit", "repo.epsilon"):
-        pos(p, allow_zero=True)
-    for p in ("rssm.unimix", "actor.unimix", "critic.slow_rate", "imag.gamma", "imag.lam", "imag.retnorm_decay",
-              "optim.beta1", "repo.alpha", "repo.kl_ema"):
-        prob(p)
-    prob("optim.beta2", hi_open=True)
-    if cfg.heads.num_bins < 2:
-        raise ValueError(f"heads.num_bins: must be >= 2, got {cfg.heads.num_bins}")
-    if cfg.rssm.unimix >= 1.0:
-        raise ValueError("rssm.unimix: must be < 1")
-    if cfg.rssm.deter % cfg.rssm.blocks:
-        raise ValueError(f"rssm.deter: {cfg.rssm.deter} is not divisible by rssm.blocks={cfg.rssm.blocks}")
-    if cfg.actor.max_std <= cfg.actor.min_std:
-        raise ValueError("actor.max_std: must exceed actor.min_std")
-    if not (0.0 <= cfg.imag.retnorm_low < cfg.imag.retnorm_high <= 100.0):
-        raise ValueError("imag.retnorm_low: need 0 <= retnorm_low < retnorm_high <= 100")
-    for sec in ("encoder", "decoder"):
-        mults = get_path(cfg, f"{sec}.cnn_mults")
-        if len(mults) != 4 or any((not isinstance(m, int)) or m <= 0 for m in mults):
-            raise ValueError(f"{sec}.cnn_mults: need 4 positive ints (64x64 -> 4x4), got {mults!r}")
-    for sec in ("encoder", "decoder"):
-        if get_path(cfg, f"{sec}.kernel") % 2 == 0:
-            raise ValueError(f"{sec}.kernel: must be odd for 'same' padding")
-    if cfg.repo.beta_min >= cfg.repo.beta_max:
-        raise ValueError("repo.beta_min: must be below repo.beta_max")
-
-
-def dumps(cfg: Config) -> str:
-    """JSON text of a config."""
-    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)

@@ -16,42 +16,42 @@ __all__ = ["make_bins", "TwoHot", "Bernoulli", "OneHotDist", "BoundedNormal", "M
            "categorical_sample", "categorical_kl"]
 
 
-def make_bins(num: int = 255, limit: float = 20.0, mode: str = "symlog", device=None) -> torch.Tensor:
-    """Twohot bins ``[num]``: ``linspace(-limit, limit)`` (mode "symlog", bins live in symlog space) or
-    ``symexp(linspace(...))`` (mode "symexp", V2 raw-space bins)."""
-    if mode not in ("symlog", "symexp"):
-        raise ValueError(f"mode: expected 'symlog' or 'symexp', got {mode!r}")
+def make_bins(num: int = 255, limit: float = 20.0, space: str = "symlog", device=None) -> torch.Tensor:
+    """Twohot bins ``[num]``: ``linspace(-limit, limit)`` (space "symlog", bins live in symlog space) or
+    ``symexp(linspace(...))`` (space "symexp", V2 raw-space bins)."""
+    if space not in ("symlog", "symexp"):
+        raise ValueError(f"space: expected 'symlog' or 'symexp', got {space!r}")
     if num % 2:  # exactly symmetric with an exact zero bin
         half = torch.linspace(-limit, 0.0, (num + 1) // 2, device=device, dtype=torch.float32)
         b = torch.cat([half, -half[:-1].flip(0)])
     else:
         b = torch.linspace(-limit, limit, num, device=device, dtype=torch.float32)
-    return ops.symexp(b) if mode == "symexp" else b
+    return ops.symexp(b) if space == "symexp" else b
 
 
 class TwoHot:
     """Discrete regression head over ``bins[K]``; ``logits[..., K]``.
 
-    mode "symlog": loss = CE(logits, twohot(symlog(y))), pred = symexp(Σ softmax·bins).
-    mode "symexp": loss = CE(logits, twohot(y)) over raw bins, pred = Σ softmax·bins.
+    ``space`` says where the bins live. "symlog": loss = CE(logits, twohot(symlog(y))), pred = symexp(Σ softmax·bins).
+    "symexp": loss = CE(logits, twohot(y)) over raw bins, pred = Σ softmax·bins.
     """
 
-    def __init__(self, logits: torch.Tensor, bins: torch.Tensor, mode: str = "symlog"):
+    def __init__(self, logits: torch.Tensor, bins: torch.Tensor, space: str = "symlog"):
         if logits.shape[-1] != bins.shape[0]:
             raise ValueError(f"logits: last dim {logits.shape[-1]} != number of bins {bins.shape[0]}")
-        if mode not in ("symlog", "symexp"):
-            raise ValueError(f"mode: expected 'symlog' or 'symexp', got {mode!r}")
-        self.logits, self.bins, self.mode = logits.float(), bins, mode
+        if space not in ("symlog", "symexp"):
+            raise ValueError(f"space: expected 'symlog' or 'symexp', got {space!r}")
+        self.logits, self.bins, self.space = logits.float(), bins, space
 
     def pred(self) -> torch.Tensor:
         """Expected value in raw space ``[...]``."""
         m = (torch.softmax(self.logits, -1) * self.bins).sum(-1)
-        return ops.symexp(m) if self.mode == "symlog" else m
+        return ops.symexp(m) if self.space == "symlog" else m
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the twohot encoding of raw ``target[...]`` -> ``[...]``."""
         t = target.detach().float()
-        if self.mode == "symlog":
+        if self.space == "symlog":
             t = ops.symlog(t)
         return ops.twohot_cross_entropy(self.logits, t, self.bins)
 

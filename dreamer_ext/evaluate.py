@@ -5,7 +5,9 @@
 Prints the mean return ± the half-width of its 95% Student-t confidence interval; ``--json`` writes every episode's
 return and length with the summary.
 
-The episode runner :func:`run_episodes` is shared with the training program's periodic evaluation.
+The episode runner :func:`~dreamer_ext.loop.run_episodes` is shared with the training program's periodic evaluation.
+Exit status: 0 done, 2 invalid command line (including a device that is not available), 1 run-time error (an
+unreadable or incompatible checkpoint, an unwritable ``--json``, an environment failure); errors are one line.
 """
 from __future__ import annotations
 
@@ -17,71 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import cli
+from .loop import env_kwargs, run_episodes, tune_cpu_allocator
 
 PROG = "python -m dreamer_ext.evaluate"
 DESCRIPTION = """Evaluate a dreamer_ext checkpoint: run N complete episodes with the policy's mode and print the mean return
 ± the half-width of its 95% confidence interval (Student t, n-1 degrees of freedom)."""
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-def to_torch(arrays: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy dict -> torch dict on ``device`` (dtypes preserved: uint8 images, float32 vectors, bool flags)."""
-    return {k: torch.as_tensor(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in arrays.items()}
-
-
-def env_kwargs(cfg) -> dict:
-    """Constructor arguments of a run's environments (action repeat applies to Atari only)."""
-    from .envs.atari import is_atari_id
-
-    return {"repeat": cfg.action_repeat} if is_atari_id(cfg.env) else {}
-
-
-def run_episodes(agent, env, episodes: int, device: torch.device, record: int = 0, record_key: str | None = None) -> dict:
-    """Run exactly ``episodes`` complete episodes with ``mode="eval"``.
-
-    Env ``i`` runs episodes ``i, i + n, ...`` (n = ``env.num_envs``), so short episodes are not favoured. Returns
-    ``returns``/``lengths`` (lists, in completion order) and ``frames``: when ``record > 0``, the observations
-    ``record_key`` (uint8 ``[t, H, W, 3]``, t <= ``record``) of env 0's first episode, else None.
-    """
-    if episodes < 1:
-        raise ValueError(f"episodes: must be positive, got {episodes}")
-    n = env.num_envs
-    quota = np.array([len(range(i, episodes, n)) for i in range(n)])
-    returns, lengths, frames = [], [], []
-    recording = record > 0 and record_key is not None
-    ep_ret, ep_len = np.zeros(n), np.zeros(n, np.int64)
-    obs = env.reset()
-    carry = agent.initial_carry(n)
-    while (quota > 0).any():
-        if recording and len(frames) < record:
-            frames.append(np.array(obs[record_key][0], copy=True))
-        with torch.no_grad():
-            action, carry = agent.policy(to_torch(obs, device), carry, mode="eval")
-        obs = env.step(action.detach().cpu().numpy().astype(np.float32))
-        ep_ret += obs["reward"]
-        ep_len += ~obs["is_first"]
-        for i in np.flatnonzero(obs["is_last"]):
-            if recording and i == 0:
-                if len(frames) < record:
-                    frames.append(np.array(obs[record_key][0], copy=True))
-                recording = False
-            if quota[i] > 0:
-                returns.append(float(ep_ret[i]))
-                lengths.append(int(ep_len[i]))
-                quota[i] -= 1
-            ep_ret[i], ep_len[i] = 0.0, 0
-    return {"returns": returns, "lengths": lengths, "frames": np.stack(frames) if frames else None}
-
-
-def summarize(returns: list[float], lengths: list[int]) -> dict:
-    """The scalars the training program logs for an evaluation (``eval_return`` = mean return)."""
-    r = np.asarray(returns, np.float64)
-    return {"eval_return": float(r.mean()), "eval_return_std": float(r.std()), "eval_return_min": float(r.min()),
-            "eval_return_max": float(r.max()), "eval_length": float(np.mean(lengths))}
 
 
 # ------------------------------------------------------------------------------------------------------------ program
@@ -100,6 +45,8 @@ class EvalOptions:
             raise ValueError("checkpoint: required (a checkpoint file or a run directory)")
         if self.episodes < 1:
             raise ValueError(f"episodes: must be positive, got {self.episodes}")
+        if self.seed < -1:
+            raise ValueError(f"seed: must be >= 0, or -1 for the run's seed + 20000, got {self.seed}")
         if self.num_envs < 0:
             raise ValueError(f"num_envs: must be >= 0, got {self.num_envs}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -109,8 +56,14 @@ class EvalOptions:
         return self
 
 
+class EvalError(RuntimeError):
+    """A run-time problem of the evaluation (exit status 1)."""
+
+
 def evaluate_checkpoint(opts: EvalOptions) -> dict:
-    """Load ``opts.checkpoint``, run ``opts.episodes`` episodes, return the JSON-able result (also written if asked)."""
+    """Load ``opts.checkpoint``, run ``opts.episodes`` episodes, return the JSON-able result (also written if asked).
+
+    Raises ValueError for an unavailable ``opts.device`` and :class:`EvalError` / CheckpointError at run time."""
     from . import ops
     from .agent import resolve_device
     from .checkpoint import checkpoint_config, load_checkpoint
@@ -124,8 +77,8 @@ def evaluate_checkpoint(opts: EvalOptions) -> dict:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(ops.use_backend(opts.backend or cfg.backend))
-        except ImportError as e:
-            raise ValueError(f"backend: {e}") from None
+        except (ImportError, ValueError) as e:
+            raise EvalError(f"--backend={opts.backend or cfg.backend}: {e}") from None
         return _evaluate(opts, cfg, payload, device)
 
 
@@ -164,19 +117,28 @@ def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> di
             os.makedirs(os.path.dirname(os.path.abspath(opts.json)), exist_ok=True)
             atomic_write(opts.json, lambda f: f.write(text.encode() + b"\n"))
         except OSError as e:  # a directory, an unwritable place, ...
-            raise ValueError(f"--json={opts.json}: cannot write it ({e.strerror or e})") from None
+            raise EvalError(f"--json={opts.json}: cannot write it ({e.strerror or e})") from None
     return result
 
 
 def main(argv=None) -> int:
+    from .agent import resolve_device
     from .checkpoint import CheckpointError
 
+    tune_cpu_allocator()
     opts = cli.parse_or_exit(argv, prog=PROG, description=DESCRIPTION, make_default=EvalOptions, apply_preset_fn=None)
     try:
+        resolve_device(opts.device)
+    except ValueError as e:  # "device: 'cuda' requested but ..."
+        return _fail(f"--{e}", 2)
+    try:
         res = evaluate_checkpoint(opts)
-    except (CheckpointError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1
+    except (CheckpointError, EvalError) as e:
+        return _fail(e, 1)
+    except (RuntimeError, ValueError, OSError) as e:
+        if os.environ.get("DREAMER_EXT_TRACEBACK") == "1":
+            raise
+        return _fail(f"{type(e).__name__}: {' '.join(str(e).split())} (DREAMER_EXT_TRACEBACK=1 shows where)", 1)
 
     ci = "n/a" if res["ci95"] is None else f"{res['ci95']:.2f}"
     std = "n/a" if res["std"] is None else f"{res['std']:.2f}"
@@ -185,6 +147,11 @@ def main(argv=None) -> int:
     if opts.json:
         print(f"wrote {opts.json}")
     return 0
+
+
+def _fail(message, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

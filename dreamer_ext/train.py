@@ -1,22 +1,19 @@
 """Train DreamerV3: ``python -m dreamer_ext.train --env=CartPole-v1 --preset=size1m --steps=30000``.
 
-One readable loop, top to bottom (CleanRL style):
-
-1. parse the config (every Config field is a ``--dotted.option``; ``--help`` lists them); with ``--resume`` the saved
-   config of the run is the base and the options given on the command line are applied on top,
-2. resolve the device, set the ops backend, seed everything,
-3. make ``num_envs`` train environments and a separate eval environment,
-4. build the agent and the replay; on resume load them, the counters and the RNG states from the newest checkpoint,
-5. loop: act -> step envs -> add to replay -> train (keeping the train ratio) -> evaluate -> log -> checkpoint.
+Read it top to bottom (CleanRL style): :func:`main` parses the command line and maps errors to exit codes;
+:func:`train` installs the stop handler, locks the run directory and calls :func:`setup` (device, seeds,
+environments, agent, replay, logger; on resume everything restored from the newest checkpoint), then
+:func:`run_loop` (act -> step envs -> store -> train at the train ratio -> media -> evaluate -> log -> checkpoint),
+then :func:`finish` (final evaluation and checkpoint, summary).
 
 Units
 -----
-* **env steps** = policy steps summed over all training environments: one agent decision in one environment is one env step
-  (with action repeat k on Atari, one env step = k emulator frames). ``--steps``, ``--eval_every``, ``--log_every``,
-  ``--checkpoint_every`` and ``--media_every`` count env steps. With ``--num_envs=N`` every loop iteration adds N env steps.
-* **train ratio** = replayed steps / env steps. One update replays ``batch_size x batch_length`` steps, so the loop performs
-  ``train_ratio / (batch_size * batch_length)`` updates per env step, accumulating the fractional part. Training starts once
-  ``batch_size x batch_length`` steps are stored (the first qualifying iteration does one update).
+* **env steps** = agent decisions summed over all training environments (with action repeat k on Atari, one env step =
+  k emulator frames). ``--steps``, ``--eval_every``, ``--log_every``, ``--checkpoint_every`` and ``--media_every``
+  count env steps. With ``--num_envs=N`` every loop iteration adds N env steps.
+* **train ratio** = replayed steps / env steps. One update replays ``batch_size x batch_length`` steps, so the loop
+  performs ``train_ratio / (batch_size * batch_length)`` updates per env step, accumulating the fractional part.
+  Training starts once ``batch_size x batch_length`` steps are stored (the first qualifying iteration does one update).
 
 Run directory
 -------------
@@ -26,14 +23,17 @@ GIFs ``eval/episode``), ``checkpoints/ckpt-<step>.pt`` and ``replay/chunk-<uid>.
 On resume, rows and events logged after the checkpoint (by the run that was stopped) are dropped, so the logs describe
 exactly the training that the resumed state went through.
 
-Stopping: SIGTERM or Ctrl-C writes a checkpoint at the next loop iteration and exits (a second Ctrl-C stops at once).
-A SIGKILL loses only what happened since the last checkpoint.
+Stopping and exit codes: SIGTERM or Ctrl-C (handled from the very start, set-up included) writes a checkpoint at the
+next loop iteration and exits 0; a second Ctrl-C stops at once (exit 130). A SIGKILL loses only what happened since
+the last checkpoint. An invalid command line exits 2; a run-time failure (file system, checkpoint, environment, a
+non-finite state that cannot be skipped) exits 1; both print one line ``<prog>: error: ...``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -51,23 +51,32 @@ from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, ch
     load_checkpoint, restore_agent, rng_state, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .envs import make_env
-from .evaluate import env_kwargs, run_episodes, summarize, to_torch
+from .loop import Episodes, Every, Mean, Projection, env_kwargs, format_duration, run_episodes, summarize, to_torch, \
+    tune_cpu_allocator
 from .replay import Replay
 from .runlog import RunLogger
 
-__all__ = ["train", "main", "TrainState", "seed_everything", "env_kwargs", "to_torch", "parse_args"]
+__all__ = ["train", "main", "setup", "run_loop", "finish", "Run", "TrainState", "RunError", "seed_everything",
+           "parse_args", "practical_scale_note"]
 
 PROG = "python -m dreamer_ext.train"
 DESCRIPTION = """Train a DreamerV3 agent on a gymnasium or Atari (ALE/<Game>-v5, Atari100k protocol) environment.
 
-Units: "env steps" (--steps, --eval_every, --log_every, --checkpoint_every, --media_every) are policy steps summed over all
---num_envs training environments (one agent decision in one env = 1 env step; on Atari one env step = --action_repeat
-frames; --action_repeat applies to ALE envs only). --train_ratio = replayed steps per env step, i.e.
+Units: "env steps" (--steps, --eval_every, --log_every, --checkpoint_every, --media_every) are agent decisions summed
+over all --num_envs training environments (one agent decision in one env = 1 env step; on Atari one env step =
+--action_repeat frames; --action_repeat applies to ALE envs only). --train_ratio = replayed steps per env step, i.e.
 train_ratio / (batch_size * batch_length) updates per env step. --preset is applied first, then the other options.
---resume continues the run in --logdir from its newest checkpoint, with its saved config plus the options given here."""
+--resume continues the run in --logdir from its newest checkpoint, with its saved config plus the options given here.
+Exit status: 0 done or stopped with a checkpoint, 2 invalid command line, 1 run-time error."""
 
 REPLAY_CHUNK = 256  # steps per replay chunk: the unit written once to replay/ (partial chunks ride in each checkpoint)
 _ENV_SEED_STRIDE = 1_000_003  # train envs of the k-th resume are seeded seed + k * stride (fresh episodes, no repeats)
+LONG_RUN_SECONDS = 3 * 3600  # a CPU run projected beyond this prints the practical-scale commands once
+PROJECTION_MIN_UPDATES = 3  # updates timed before the projection is trusted for that note
+
+
+class RunError(RuntimeError):
+    """A run-time problem reported as one line (exit status 1), e.g. a run directory that cannot be created."""
 
 
 # ---------------------------------------------------------------------------------------------------------------- helpers
@@ -82,6 +91,20 @@ def default_logdir(cfg: Config) -> str:
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}")
 
 
+def make_run_dir(path: str) -> None:
+    """Create the run directory (and parents); one-line :class:`RunError` naming the path when that is impossible."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"--logdir={path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise RunError(f"--logdir={path}: cannot create or write the run directory ({e.strerror or e})") from None
+
+
 @dataclasses.dataclass
 class TrainState:
     """Loop counters (everything a resume needs besides agent, replay and RNG states)."""
@@ -92,14 +115,19 @@ class TrainState:
     update_budget: float = 0.0  # fractional updates owed to keep the train ratio
     training: bool = False  # whether training has started (>= B*T steps stored)
     episodes: int = 0
-    next_eval: int = 0
     last_eval: int = -1  # env step of the last evaluation
-    next_log: int = 0
-    next_checkpoint: int = 0
-    next_media: int = 0  # reconstruction images
-    next_video: int = 0  # eval episode GIF (taken at the first evaluation at or after this step)
     resumes: int = 0  # how many times this run was resumed
     train_seconds: float = 0.0  # wall time spent in the loop, over all segments of the run
+
+    # schedule positions saved by earlier versions; schedules now restart from the resume step
+    _LEGACY = ("next_eval", "next_log", "next_checkpoint", "next_media", "next_video")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "TrainState":
+        try:
+            return cls(**{k: v for k, v in d.items() if k not in cls._LEGACY})
+        except TypeError as e:
+            raise CheckpointError(f"{where}: malformed train state ({e})") from None
 
 
 class _StopRequest:
@@ -119,6 +147,10 @@ class _StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -151,42 +183,69 @@ def parse_args(argv=None) -> tuple[Config, str | None]:
     return resumed, path
 
 
-def _next_multiple(step: int, every: int) -> int:
-    """The first multiple of ``every`` after ``step``."""
-    return (step // every + 1) * every
-
-
 def _config_changes(old: dict, new: dict) -> list[str]:
     skip = {"resume", "logdir"}
     return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in sorted(new.items()) if k not in skip and old.get(k) != v]
 
 
-# ------------------------------------------------------------------------------------------------------------------- main
-def train(cfg: Config, resume_from: str | None = None) -> dict:
-    """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
-    summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
-    ``cfg.logdir``). The run directory is locked against a second process for the duration."""
-    # ---- device, kernels (the caller's ops backend is restored on return), run-directory lock ----
-    resolve_device(cfg.device)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(ops.use_backend(cfg.backend))
-        except (ImportError, ValueError) as e:
-            raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-        cfg.logdir = cfg.logdir or default_logdir(cfg)
-        stack.callback(RunLock(cfg.logdir).release)
-        return _train(cfg, resume_from)
+def practical_scale_note(cfg: Config, projection: Projection, step: int) -> str:
+    """The once-printed note for a CPU run projected to take longer than :data:`LONG_RUN_SECONDS`: the projection
+    with its two measured parts, and commands that run the same job at a practical scale."""
+    owed, left = projection.updates_owed(step), cfg.steps - step
+    fit = LONG_RUN_SECONDS / (projection.per_step() + projection.rate * projection.per_update())
+    base = f"{PROG} --env={cfg.env}"
+    lines = [f"note: this run is projected to need {format_duration(projection.remaining(step))} more on this CPU: "
+             f"{owed:,.0f} updates still owed x {projection.per_update():.2f} s each, plus {left:,} env steps x "
+             f"{projection.per_step() * 1e3:.1f} ms each. The same job at a practical scale:"]
+    if cfg.preset != "size1m" or cfg.train_ratio > 64:
+        lines.append(f"  smaller model, fewer updates: {base} --preset=size1m --train_ratio={min(cfg.train_ratio, 64):g}")
+    lines.append(f"  on a GPU:                     {base} --preset={cfg.preset} --device=cuda")
+    lines.append(f"  fewer env steps (~3 h here):  {base} --preset={cfg.preset} --train_ratio={cfg.train_ratio:g} "
+                 f"--steps={max(int(fit) // 1000 * 1000, 1000)}")
+    return "\n".join(lines)
 
 
-def _train(cfg: Config, resume_from: str | None) -> dict:
-    from tqdm import tqdm
+# ------------------------------------------------------------------------------------------------------------- set-up
+@dataclasses.dataclass
+class Run:
+    """Everything the loop works on, made by :func:`setup`."""
 
+    cfg: Config
+    device: torch.device
+    st: TrainState
+    agent: object
+    replay: Replay
+    envs: object
+    eval_envs: object
+    logger: RunLogger
+    ckpt: Checkpointer
+
+    @property
+    def image_key(self) -> str | None:
+        keys = self.agent.wm.image_keys
+        return keys[0] if keys else None
+
+    def save_checkpoint(self) -> str:
+        self.logger.flush()
+        return self.ckpt.save(self.st.step, {
+            "config": config_to_dict(self.cfg), "spec": dataclasses.asdict(self.envs.spec),
+            "agent": self.agent.checkpoint_state(), "train_state": dataclasses.asdict(self.st), "rng": rng_state(),
+            "logs": {"metrics_offset": self.logger.jsonl_offset()},
+            "saved_at": time.time(), "torch_version": str(torch.__version__),
+        }, self.replay)
+
+    def close(self) -> None:
+        self.logger.close()
+        self.envs.close()
+        self.eval_envs.close()
+
+
+def setup(cfg: Config, resume_from: str | None) -> Run:
+    """Device, seeds, environments, agent, replay, checkpointer and logger; on resume (``cfg.resume``) all restored
+    from ``resume_from`` (default: the newest checkpoint in ``cfg.logdir``)."""
     from .agent import Agent
 
-    device = resolve_device(cfg.device)
-    logdir = cfg.logdir
-
-    # ---- the checkpoint to resume from ----
+    device, logdir = resolve_device(cfg.device), cfg.logdir
     existing = list_checkpoints(logdir)
     if existing and not cfg.resume:
         raise cli.CLIError(f"--logdir={logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
@@ -194,44 +253,33 @@ def _train(cfg: Config, resume_from: str | None) -> dict:
     if resume_from is None and cfg.resume and existing:
         resume_from = existing[-1][1]
     payload = load_checkpoint(resume_from) if resume_from else None
+    st = TrainState()
     if payload is not None:
+        st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
+        st.resumes += 1
         changes = _config_changes(payload["config"], config_to_dict(cfg))
         print(f"resume: {payload['path']} (step {payload['step']})"
               + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
     elif cfg.resume:
         print(f"resume: no checkpoint in {logdir}; starting a new run", flush=True)
 
-    # ---- counters; the periodic schedules follow the current intervals (from step 0, or the resume step) ----
-    st = TrainState()
-    if payload is not None:
-        try:
-            st = TrainState(**payload["train_state"])
-        except TypeError as e:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: malformed train state ({e})") from None
-        st.resumes += 1
-    st.next_eval = _next_multiple(st.step, cfg.eval_every) if cfg.eval_every else 0
-    st.next_log = _next_multiple(st.step, cfg.log_every)
-    st.next_checkpoint = _next_multiple(st.step, cfg.checkpoint_every) if cfg.checkpoint_every else cfg.steps
-
-    # ---- seeds, environments (eval: up to 8 parallel copies, seeds disjoint from the train envs') ----
+    # seeds; environments (eval: up to 8 parallel copies, seeds disjoint from the train envs')
     seed_everything(cfg.seed)
+    offset = st.resumes * _ENV_SEED_STRIDE
     try:
-        envs = make_env(cfg.env, cfg.seed + st.resumes * _ENV_SEED_STRIDE, cfg.num_envs, **env_kwargs(cfg))
-        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + st.resumes * _ENV_SEED_STRIDE,
-                             max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
+        envs = make_env(cfg.env, cfg.seed + offset, cfg.num_envs, **env_kwargs(cfg))
+        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
-    spec = envs.spec
 
-    # ---- agent, replay, checkpointer, logger ----
-    agent = Agent(cfg, spec)
-    B, T, N = cfg.batch_size, cfg.batch_length, cfg.num_envs
-    replay = Replay(cfg.replay_capacity, T, chunk_size=REPLAY_CHUNK, online=cfg.replay_online, seed=cfg.seed)
+    agent = Agent(cfg, envs.spec)
+    replay = Replay(cfg.replay_capacity, cfg.batch_length, chunk_size=REPLAY_CHUNK, online=cfg.replay_online,
+                    seed=cfg.seed)
     ckpt = Checkpointer(logdir, keep=cfg.checkpoint_keep)
     metrics_path = os.path.join(logdir, "metrics.jsonl")
     old_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
     if payload is not None:
-        restore_agent(agent, payload, spec)
+        restore_agent(agent, payload, envs.spec)
         ckpt.restore_replay(payload, replay)
         try:
             set_rng_state(payload["rng"])
@@ -249,185 +297,249 @@ def _train(cfg: Config, resume_from: str | None) -> dict:
             print(f"note: {logdir} holds logs of a run that saved no checkpoint; they are discarded", flush=True)
         logger = RunLogger(logdir, cfg.tensorboard, purge_step=0 if has_events else None,
                            metrics_offset=0 if old_size else None)
-    payload = None  # model tensors and replay data now live in the agent and the replay
     text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
     atomic_write(os.path.join(logdir, "config.json"), lambda f: f.write(text.encode()))
 
-    params = agent.param_count()
+    B, T, spec = cfg.batch_size, cfg.batch_length, envs.spec
     print(f"logdir: {logdir}", flush=True)
     print(f"device: {device} (torch threads: {torch.get_num_threads()})", flush=True)
     print(f"backend: {ops.get_backend()}", flush=True)
-    print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={N}", flush=True)
-    print("params: " + " ".join(f"{k}={v:,}" for k, v in params.items()), flush=True)
+    print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={cfg.num_envs}",
+          flush=True)
+    print("params: " + " ".join(f"{k}={v:,}" for k, v in agent.param_count().items()), flush=True)
     print(f"train: steps={cfg.steps} train_ratio={cfg.train_ratio} updates/env-step={cfg.train_ratio / (B * T):.4g} "
           f"(B={B}, T={T}, starts after {B * T} stored steps)", flush=True)
+    return Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt)
 
-    def save_checkpoint() -> str:
-        logger.flush()
-        path = ckpt.save(st.step, {
-            "config": config_to_dict(cfg), "spec": dataclasses.asdict(spec), "agent": agent.checkpoint_state(),
-            "train_state": dataclasses.asdict(st), "rng": rng_state(),
-            "logs": {"metrics_offset": logger.jsonl_offset()},
-            "saved_at": time.time(), "torch_version": str(torch.__version__),
-        }, replay)
-        return path
 
-    # ---- loop ----
-    image_key = agent.wm.image_keys[0] if agent.wm.image_keys else None
-    obs = envs.reset()
-    carry = agent.initial_carry(N)
-    ep_ret, ep_len = np.zeros(N), np.zeros(N, np.int64)
-    last_return = float("nan")
-    eval_metrics: dict = {}
-    last_batch = None
-    train_sums: dict[str, float] = {}
-    train_count = 0
-    t_start = time.time()
-    t_log, updates_log, step_log, seconds_base = t_start, st.updates, st.step, st.train_seconds
-    step0, updates0 = st.step, st.updates
-    stopped_by = None
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=cfg.steps, initial=min(st.step, cfg.steps), unit="step", dynamic_ncols=True,
-               mininterval=1.0 if tty else 30.0, file=sys.stderr)
+# -------------------------------------------------------------------------------------------------------------- steps
+def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
+    """One agent decision per training env: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env
+    resets and ignores it), then the envs step. Returns the next observations and recurrent carry."""
+    action, carry = run.agent.policy(to_torch(obs, run.device), carry, mode="train")
+    action = action.cpu().numpy().astype(np.float32)
+    action[obs["is_last"]] = 0.0
+    run.replay.add_batch({**obs, "action": action})
+    run.st.step += run.cfg.num_envs
+    return run.envs.step(action), carry
 
-    with _StopRequest() as stop:
-        while st.step < cfg.steps:
-            if stop.signum is not None:
-                stopped_by = signal.Signals(stop.signum).name
-                break
 
-            # act: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env resets and ignores it)
-            with torch.no_grad():
-                action, carry = agent.policy(to_torch(obs, device), carry, mode="train")
-            action = action.detach().cpu().numpy().astype(np.float32)
-            action[obs["is_last"]] = 0.0
-            replay.add_batch({**obs, "action": action})
+def updates_due(run: Run) -> int:
+    """Updates to do after this iteration's env steps, keeping replayed steps / env steps = train ratio."""
+    cfg, st = run.cfg, run.st
+    B, T = cfg.batch_size, cfg.batch_length
+    if not st.training:
+        if len(run.replay) < B * T or run.replay.num_windows() == 0:
+            return 0
+        st.training, st.update_budget = True, 1.0
+    else:
+        st.update_budget += cfg.num_envs * cfg.train_ratio / (B * T)
+    n = int(st.update_budget)
+    st.update_budget -= n
+    return n
 
-            # step the environments
-            obs = envs.step(action)
-            st.step += N
-            bar.update(N)
-            ep_ret += obs["reward"]
-            ep_len += ~obs["is_first"]
-            for i in np.flatnonzero(obs["is_last"]):
-                last_return = float(ep_ret[i])
-                st.episodes += 1
-                logger.scalars(st.step, {"episode_return": ep_ret[i], "episode_length": ep_len[i]})
-                ep_ret[i], ep_len[i] = 0.0, 0
 
-            # train: keep replayed steps / env steps = train_ratio
-            if not st.training and len(replay) >= B * T and replay.num_windows() > 0:
-                st.training, st.update_budget = True, 1.0
-            elif st.training:
-                st.update_budget += N * cfg.train_ratio / (B * T)
-            while st.training and st.update_budget >= 1.0:
-                last_batch = replay.sample(B)
-                metrics = agent.train_step(to_torch(last_batch, device))
-                st.updates += 1
-                st.update_budget -= 1.0
-                if metrics["opt/skipped"]:
-                    st.skipped_updates += 1  # its losses are non-finite: counted, not averaged into the log
-                    continue
-                for k, v in metrics.items():
-                    train_sums[k] = train_sums.get(k, 0.0) + float(v)
-                train_count += 1
+def train_once(run: Run, metrics: Mean) -> dict:
+    """One update on a replayed batch; its metrics go into ``metrics`` unless it was skipped (non-finite)."""
+    batch = run.replay.sample(run.cfg.batch_size)
+    out = run.agent.train_step(to_torch(batch, run.device))
+    run.st.updates += 1
+    if out["opt/skipped"]:
+        run.st.skipped_updates += 1  # its losses are non-finite: counted, not averaged into the log
+    else:
+        metrics.add(out)
+    return batch
 
-            # evaluate (with an episode GIF when one is due and observations are images)
-            if cfg.eval_every and st.step >= st.next_eval:
-                st.next_eval += cfg.eval_every
-                video = bool(cfg.media_every and image_key and st.step >= st.next_video)
-                out = run_episodes(agent, eval_envs, cfg.eval_episodes, device,
-                                   record=cfg.video_frames if video else 0, record_key=image_key)
-                eval_metrics = summarize(out["returns"], out["lengths"])
-                st.last_eval = st.step
-                logger.scalars(st.step, eval_metrics)
-                if video and out["frames"] is not None:
-                    logger.video(st.step, "eval/episode", out["frames"])
-                    st.next_video = st.step + cfg.media_every
-                tqdm.write(f"step={st.step} eval_return={eval_metrics['eval_return']:.2f}", file=sys.stdout)
-                sys.stdout.flush()
 
-            # reconstruction images of the last training batch
-            if cfg.media_every and image_key and last_batch is not None and st.step >= st.next_media:
-                st.next_media = st.step + cfg.media_every
-                for tag, img in agent.wm.report(to_torch(last_batch, device)).items():
-                    logger.image(st.step, tag, img)
+def log_media(run: Run, batch: dict) -> None:
+    """Open-loop video-prediction grids of a training batch (``recon/<key>``)."""
+    from .media import video_prediction
 
-            # log
-            if st.step >= st.next_log or st.step >= cfg.steps:
-                st.next_log += cfg.log_every
-                now = time.time()
-                rates = {
-                    "updates_per_s": (st.updates - updates_log) / max(now - t_log, 1e-9),
-                    "steps_per_s": (st.step - step_log) / max(now - t_log, 1e-9),
-                    "updates": st.updates,
-                    "skipped_updates": st.skipped_updates,
-                    "episodes": st.episodes,
-                }
-                t_log, updates_log, step_log = now, st.updates, st.step
-                means = {f"train/{k}": v / train_count for k, v in train_sums.items()} if train_count else {}
-                logger.scalars(st.step, {**means, **rates, **replay.stats()})
-                train_sums, train_count = {}, 0
-                bar.set_postfix({"upd/s": f"{rates['updates_per_s']:.2f}", "ret": f"{last_return:.1f}",
-                                 "upd": st.updates}, refresh=False)
+    for tag, img in video_prediction(run.agent.wm, to_torch(batch, run.device)).items():
+        run.logger.image(run.st.step, tag, img)
 
-            # checkpoint (last in the iteration: everything logged so far belongs to the saved state)
+
+def evaluate(run: Run, record: bool) -> tuple[dict, bool]:
+    """``eval_episodes`` episodes with the actor's mode, logged and printed; with ``record`` (and image observations)
+    one episode's frames go to TensorBoard as a GIF. Returns (metrics, whether a GIF was logged)."""
+    cfg, st = run.cfg, run.st
+    record = record and cfg.media_every > 0 and run.image_key is not None
+    out = run_episodes(run.agent, run.eval_envs, cfg.eval_episodes, run.device,
+                       record=cfg.video_frames if record else 0, record_key=run.image_key)
+    metrics = summarize(out["returns"], out["lengths"])
+    st.last_eval = st.step
+    run.logger.scalars(st.step, metrics)
+    recorded = record and out["frames"] is not None
+    if recorded:
+        run.logger.video(st.step, "eval/episode", out["frames"])
+    _write(f"step={st.step} eval_return={metrics['eval_return']:.2f}")
+    return metrics, recorded
+
+
+class _Rates:
+    """Updates and env steps per second between two logs."""
+
+    def __init__(self, st: TrainState):
+        self.time, self.updates, self.step = time.time(), st.updates, st.step
+
+    def since(self, st: TrainState) -> dict:
+        now = time.time()
+        dt = max(now - self.time, 1e-9)
+        out = {"updates_per_s": (st.updates - self.updates) / dt, "steps_per_s": (st.step - self.step) / dt}
+        self.time, self.updates, self.step = now, st.updates, st.step
+        return out
+
+
+def log_train(run: Run, metrics: Mean, rates: _Rates) -> None:
+    st = run.st
+    run.logger.scalars(st.step, {**metrics.result("train/"), **rates.since(st), "updates": st.updates,
+                                 "skipped_updates": st.skipped_updates, "episodes": st.episodes, **run.replay.stats()})
+
+
+def show_progress(run: Run, bar, projection: Projection, last_return: float, noted: bool) -> bool:
+    """Progress bar with the ETA of the projection; a CPU run projected beyond :data:`LONG_RUN_SECONDS` prints the
+    practical-scale note once. Returns whether the note has been printed."""
+    eta = projection.remaining(run.st.step)
+    bar.set_postfix_str(f"ret={last_return:.1f} upd={run.st.updates} eta={format_duration(eta)}", refresh=False)
+    if not noted and projection.updates >= PROJECTION_MIN_UPDATES and run.device.type == "cpu" \
+            and eta > LONG_RUN_SECONDS:
+        _write(practical_scale_note(run.cfg, projection, run.st.step))
+        return True
+    return noted
+
+
+def _write(text: str) -> None:
+    """A line on stdout that does not tear the progress bar (stderr)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------- loop
+def run_loop(run: Run, stop: _StopRequest) -> str | None:
+    """Train until ``cfg.steps`` env steps or a stop request; returns the stopping signal's name or None."""
+    from tqdm import tqdm
+
+    cfg, st = run.cfg, run.st
+    B, T = cfg.batch_size, cfg.batch_length
+    evals, logs, ckpts = (Every(n, after=st.step) for n in (cfg.eval_every, cfg.log_every, cfg.checkpoint_every))
+    media = Every(cfg.media_every, after=st.step, first=st.step)  # as soon as there is a batch, then periodically
+    projection = Projection(cfg.steps, cfg.train_ratio / (B * T), B * T)
+    rates, train_metrics, episodes = _Rates(st), Mean(), Episodes(cfg.num_envs)
+    video_due, noted, last_return, last_batch = True, False, math.nan, None
+    obs, carry = run.envs.reset(), run.agent.initial_carry(cfg.num_envs)
+    seconds_base, t_start = st.train_seconds, time.time()
+    with tqdm(total=cfg.steps, initial=min(st.step, cfg.steps), unit="step", dynamic_ncols=True, file=sys.stderr,
+              mininterval=1.0 if sys.stderr.isatty() else 30.0,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") as bar:
+        print(f"start: step {st.step} of {cfg.steps} (SIGTERM or Ctrl-C: checkpoint and stop)", flush=True)
+        while st.step < cfg.steps and stop.signum is None:
+            t0 = time.perf_counter()
+            obs, carry = act_and_step(run, obs, carry)
+            bar.update(cfg.num_envs)
+            for _, ret, length in episodes.add(obs):
+                st.episodes, last_return = st.episodes + 1, ret
+                run.logger.scalars(st.step, {"episode_return": ret, "episode_length": length})
+            t1, n_updates = time.perf_counter(), updates_due(run)
+            for _ in range(n_updates):
+                last_batch = train_once(run, train_metrics)
+            projection.add(cfg.num_envs, time.perf_counter() - t0, n_updates, time.perf_counter() - t1)
+            if media.due(st.step, when=run.image_key is not None and last_batch is not None):
+                log_media(run, last_batch)
+                video_due = True  # the next evaluation records an episode
+            if evals.due(st.step):
+                video_due = video_due and not evaluate(run, record=video_due)[1]
+            if logs.due(st.step) or st.step >= cfg.steps:
+                log_train(run, train_metrics, rates)
+            noted = show_progress(run, bar, projection, last_return, noted)
             st.train_seconds = seconds_base + time.time() - t_start
-            if st.step >= st.next_checkpoint and st.step < cfg.steps:
-                while st.next_checkpoint <= st.step:
-                    st.next_checkpoint += cfg.checkpoint_every or cfg.steps
-                save_checkpoint()
+            if ckpts.due(st.step) and st.step < cfg.steps:  # last: all logged so far belongs to the saved state
+                run.save_checkpoint()
+    return stop.name
 
-        bar.close()
-        if stopped_by is None and cfg.eval_every and st.last_eval != st.step:  # final evaluation
-            out = run_episodes(agent, eval_envs, cfg.eval_episodes, device)
-            eval_metrics = summarize(out["returns"], out["lengths"])
-            st.last_eval = st.step
-            logger.scalars(st.step, eval_metrics)
-        st.train_seconds = seconds_base + time.time() - t_start
-        path = save_checkpoint()
 
+def finish(run: Run, stopped_by: str | None, t_start: float, step0: int, updates0: int) -> dict:
+    """Final evaluation (unless stopped, or already done at this step), final checkpoint, summary."""
+    cfg, st = run.cfg, run.st
+    eval_metrics = {}
+    if stopped_by is None and cfg.eval_every and st.last_eval != st.step:
+        eval_metrics, _ = evaluate(run, record=False)
+    path = run.save_checkpoint()
     elapsed = time.time() - t_start
     summary = {"steps": st.step, "updates": st.updates, "skipped_updates": st.skipped_updates, "episodes": st.episodes,
                "seconds": round(elapsed, 1), "steps_per_s": round((st.step - step0) / max(elapsed, 1e-9), 2),
                "updates_per_s": round((st.updates - updates0) / max(elapsed, 1e-9), 3)}
     if stopped_by is not None:
-        print(f"stopped by {stopped_by} at step {st.step}; checkpoint {path}; continue with --resume --logdir={logdir}",
-              flush=True)
+        print(f"stopped by {stopped_by} at step {st.step}; checkpoint {path}; continue with --resume "
+              f"--logdir={cfg.logdir}", flush=True)
     else:
         print("done: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
         if eval_metrics:
             print(f"final eval_return={eval_metrics['eval_return']:.3f} (mean of {cfg.eval_episodes} eval episodes)",
                   flush=True)
     print(f"checkpoint: {path}", flush=True)
-    logger.close()
-    envs.close()
-    eval_envs.close()
     return {**summary, **eval_metrics, "checkpoint": path, "stopped_by": stopped_by}
 
 
+# ------------------------------------------------------------------------------------------------------------ program
+def train(cfg: Config, resume_from: str | None = None) -> dict:
+    """Run (or, with ``cfg.resume``, continue) the training described by ``cfg``; returns the last eval metrics plus a
+    summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
+    ``cfg.logdir``). The stop handler is installed first, so a SIGTERM during set-up still ends in a checkpoint; the
+    run directory is locked against a second process; the caller's ops backend is restored on return."""
+    resolve_device(cfg.device)
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(_StopRequest())
+        try:
+            stack.enter_context(ops.use_backend(cfg.backend))
+        except (ImportError, ValueError) as e:
+            raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
+        cfg.logdir = cfg.logdir or default_logdir(cfg)
+        make_run_dir(cfg.logdir)
+        stack.callback(RunLock(cfg.logdir).release)
+        run = setup(cfg, resume_from)
+        stack.callback(run.close)
+        t_start, step0, updates0 = time.time(), run.st.step, run.st.updates
+        stopped_by = run_loop(run, stop)
+        return finish(run, stopped_by, t_start, step0, updates0)
+
+
 def main(argv=None) -> int:
+    """The program: exit 0 (done, or stopped with a checkpoint), 2 (invalid command line), 1 (run-time error), 130
+    (a second Ctrl-C). Errors are one line; ``DREAMER_EXT_TRACEBACK=1`` re-raises them for debugging."""
+    tune_cpu_allocator()
     try:
         cfg, resume_from = parse_args(argv)
         resolve_device(cfg.device)
     except cli.CLIError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
     except ValueError as e:  # resolve_device: "device: ..."
-        print(f"{PROG}: error: --{e}", file=sys.stderr)
-        return 2
-    except CheckpointError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(f"--{e}", 2)
+    except (CheckpointError, OSError) as e:
+        return _fail(e, 1)
     try:
         train(cfg, resume_from)
     except cli.CLIError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except CheckpointError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e, 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted (second Ctrl-C); the newest checkpoint is kept", 130)
+    except (RuntimeError, ValueError, OSError) as e:  # CheckpointError and RunError are RuntimeErrors
+        if os.environ.get("DREAMER_EXT_TRACEBACK") == "1":
+            raise
+        return _fail(_one_line(e), 1)
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    known = isinstance(e, (CheckpointError, RunError))
+    return text if known else f"{type(e).__name__}: {text} (DREAMER_EXT_TRACEBACK=1 shows where)"
+
+
+def _fail(message, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

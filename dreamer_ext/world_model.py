@@ -6,7 +6,6 @@ Observation keys come from the :class:`EnvSpec`: 3-d uint8 shapes ``(64, 64, C)`
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -63,7 +62,7 @@ class WorldModel(nn.Module):
         self.reward_out = out_linear(self.reward_mlp.out_dim, hc.num_bins, init="zeros")
         self.cont_mlp = MLP(F_, hc.units, hc.cont_layers, norm)
         self.cont_out = out_linear(self.cont_mlp.out_dim, 1)
-        self.bins_mode = hc.bins
+        self.bins_space = hc.bins
         self.register_buffer("bins", make_bins(hc.num_bins, hc.bin_range, hc.bins), persistent=False)
         self.objective = make_objective(config.objective, config)
 
@@ -91,7 +90,7 @@ class WorldModel(nn.Module):
 
     def reward(self, feat: torch.Tensor) -> TwoHot:
         """Reward head on ``feat[..., F]`` (twohot over 255 bins)."""
-        return TwoHot(self.reward_out(self.reward_mlp(feat)), self.bins, self.bins_mode)
+        return TwoHot(self.reward_out(self.reward_mlp(feat)), self.bins, self.bins_space)
 
     def cont(self, feat: torch.Tensor) -> Bernoulli:
         """Continue head on ``feat[..., F]`` (Bernoulli, target 1 − terminal)."""
@@ -106,87 +105,13 @@ class WorldModel(nn.Module):
         post["feat"] = self.rssm.feat(post)
         return post, last
 
-    def loss(self, data: dict, carry: dict | None = None) -> tuple[torch.Tensor, dict, dict]:
-        """World-model loss on ``data`` (see :mod:`dreamer_ext.objectives`). Returns (loss, post, metrics)."""
+    def loss(self, data: dict, carry: dict | None = None) -> tuple[dict, dict, dict]:
+        """World-model loss terms on ``data`` (see :mod:`dreamer_ext.objectives`).
+
+        Returns (terms ``{name: [B, T]}``, unscaled, post, metrics of 0-d tensors)."""
         post, _ = self.observe(data, carry)
-        loss, metrics = self.objective(self, data, post)
+        terms, metrics = self.objective(self, data, post)
         with torch.no_grad():
             metrics["ent/post"] = self.rssm.entropy(post["post_logits"]).mean()
             metrics["ent/prior"] = self.rssm.entropy(post["prior_logits"]).mean()
-        return loss, post, metrics
-
-    # ------------------------------------------------------------------ media summaries
-    @torch.no_grad()
-    def report(self, data: dict, context: int = 5, max_rows: int = 4, max_frames: int = 16) -> dict:
-        """Open-loop video-prediction grids, one per image observation key (``{}`` when there is none).
-
-        ``data``: a batch ``{key: [B, T, ...], "action": [B, T, A], "is_first": [B, T]}`` (tensors or arrays; image
-        keys uint8 ``[B, T, H, W, C]``). For the first ``min(B, max_rows)`` sequences: the posterior is filtered over
-        steps ``0..context-1`` from the zero state (like :meth:`observe` without a carry), then the prior is rolled out
-        from the last posterior state with the batch's actions (``rssm.img_step(state, action[:, t-1])``; where
-        ``is_first[:, t]`` the state and action are zeroed first, as in ``obs_step``). Latents are sampled (global
-        torch RNG).
-
-        Returns ``{"recon/<key>": uint8 [rows·3·H, F·W, 3]}``: per sequence three strips stacked vertically — ground
-        truth, model frames (posterior reconstruction for t < context, open-loop prediction after), and
-        ``|truth − model|``. F ≤ ``max_frames`` columns: every context step is shown when ``context < max_frames``,
-        then ``max_frames − context`` open-loop steps evenly spread over ``context..T−1`` (the last one included when
-        there are two or more); otherwise ``max_frames`` steps evenly spread over ``0..T−1``. 1-channel images are
-        shown grey, 3-channel ones as RGB, others by their first channel in grey. Does not change parameters or the
-        module's mode.
-        """
-        if not self.image_keys:
-            return {}
-        for name, v in (("context", context), ("max_rows", max_rows), ("max_frames", max_frames)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        for key in (*self.encoders.keys(), "action", "is_first"):
-            if key not in data:
-                raise ValueError(f"data: missing key {key!r}")
-        device = self.rssm.gru.weight.device
-        action = torch.as_tensor(data["action"])
-        if action.dim() != 3:
-            raise ValueError(f"data['action']: expected [B, T, A], got shape {tuple(action.shape)}")
-        B, T = action.shape[:2]
-        n, ctx = min(B, int(max_rows)), min(int(context), T)
-        batch = {k: torch.as_tensor(data[k])[:n].to(device) for k in (*self.encoders.keys(), "action", "is_first")}
-        batch["action"] = batch["action"].float()
-        batch["is_first"] = batch["is_first"].bool()
-        post, state = self.observe({k: v[:, :ctx] for k, v in batch.items()})
-        feats = [post["feat"]]                                              # [n, ctx, F]
-        for t in range(ctx, T):
-            keep = (~batch["is_first"][:, t]).float()
-            h, z = state["h"] * keep[:, None], state["z"] * keep[:, None, None]
-            state = self.rssm.img_step({"h": h, "z": z}, batch["action"][:, t - 1] * keep[:, None])
-            feats.append(self.rssm.feat(state)[:, None])
-        idx = _report_frames(T, ctx, int(max_frames))
-        feat = torch.cat(feats, 1)[:, idx]                                  # [n, F', feat]
-        out = {}
-        for key in self.image_keys:
-            truth = batch[key][:, idx].cpu()                                # [n, F', H, W, C] uint8
-            if truth.dtype != torch.uint8 or truth.dim() != 5:
-                raise ValueError(f"data[{key!r}]: expected uint8 [B, T, H, W, C], got {truth.dtype} "
-                                 f"{tuple(torch.as_tensor(data[key]).shape)}")
-            mean = self.decoders[key](feat.reshape(-1, feat.shape[-1])).float()
-            model = (mean * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().reshape(truth.shape)
-            error = (truth.int() - model.int()).abs().to(torch.uint8)
-            strips = torch.stack([_to_rgb(truth), _to_rgb(model), _to_rgb(error)], 1)  # [n, 3, F', H, W, 3]
-            n_, s_, f_, H, W, _ = strips.shape
-            grid = strips.permute(0, 1, 3, 2, 4, 5).reshape(n_ * s_ * H, f_ * W, 3)
-            out[f"recon/{key}"] = grid.numpy()
-        return out
-
-
-def _report_frames(T: int, context: int, max_frames: int) -> list:
-    """Time indices shown by :meth:`WorldModel.report` (see there): at most ``max_frames`` sorted indices in [0, T)."""
-    if T <= max_frames:
-        return list(range(T))
-    if context < max_frames:
-        rest = np.linspace(context, T - 1, max_frames - context).round().astype(int).tolist()
-        return list(range(context)) + rest
-    return np.linspace(0, T - 1, max_frames).round().astype(int).tolist()
-
-
-def _to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """``[..., C]`` uint8 -> ``[..., 3]``: RGB kept, otherwise channel 0 repeated (grey)."""
-    return x if x.shape[-1] == 3 else x[..., :1].expand(*x.shape[:-1], 3)
+        return terms, post, metrics

@@ -4,11 +4,17 @@
 * ``emu`` tests need ``dreamer_ext._emu`` (built with ``DREAMER_EXT_EMU=ON``). When the environment
   says it was requested (``DREAMER_EXT_EMU=ON``, as in the README's test command and CI), a missing
   module is an error, not a skip.
+* ``slow`` marks the tests that run the real training program (a subprocess or a full in-process run, seconds each).
+  CI runs everything; ``pytest python_tests -m "not slow"`` is the quick subset for development.
 """
 import os
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs the real training program (subprocess); deselect with -m 'not slow'")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -44,8 +44,9 @@ def _setup(discrete=True, horizon=4):
 def test_behavior_loss_grads_only_actor_and_critic(discrete):
     cfg, wm, beh, start = _setup(discrete)
     start["h"].requires_grad_(True)
-    loss, m = beh.loss(wm, start, torch.ones(6))
-    loss.backward()
+    terms, m = beh.loss(wm, start, torch.ones(6))
+    assert set(terms) == {"actor", "critic"} and all(t.shape == (cfg.imag.horizon, 6) for t in terms.values())
+    (terms["actor"].mean() + terms["critic"].mean()).backward()
     assert all(p.grad is None for p in wm.parameters())
     assert start["h"].grad is None
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in beh.actor.parameters())
@@ -68,7 +69,7 @@ def test_behavior_matches_manual_computation():
             p.add_(0.1)
         beh.retnorm.scale.fill_(50.0)  # a scale above 1 so the advantage is actually divided
     start_cont = torch.tensor([1.0, 1, 1, 0, 1, 1])
-    loss, m = beh.loss(wm, start, start_cont, uniforms=uni)
+    terms, m = beh.loss(wm, start, start_cont, uniforms=uni)
     traj = beh.imagine(wm, start, H, uni)
     f = traj["feat"]
     with torch.no_grad():
@@ -88,9 +89,8 @@ def test_behavior_matches_manual_computation():
         cd = beh.critic(f[:H])
         critic = (w * (cd.loss(R) + cd.loss(vs))).mean()
     assert beh.retnorm.scale.item() == pytest.approx(S.item(), rel=1e-5)
-    torch.testing.assert_close(m["loss/actor"], actor, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(m["loss/critic"], critic, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, actor + critic, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["actor"].mean(), actor, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["critic"].mean(), critic, rtol=1e-5, atol=1e-6)
     assert (w[:, 3] == 0).all()  # terminal start state carries no weight
 
 

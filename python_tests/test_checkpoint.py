@@ -233,6 +233,7 @@ def _replay_of(path):
     return r
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_nothing_before_the_checkpoint(tmp_path):
     logdir = tmp_path / "run"
     args = ["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--checkpoint_every=400", "--checkpoint_keep=3",
@@ -296,6 +297,7 @@ def test_sigkill_then_resume_loses_nothing_before_the_checkpoint(tmp_path):
     assert cfg["steps"] == target and cfg["resume"] is True
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_clobber_and_reports_bad_checkpoints(tmp_path):
     logdir = tmp_path / "run"
     base = ["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--checkpoint_every=0"]
@@ -322,28 +324,62 @@ def test_cli_refuses_to_clobber_and_reports_bad_checkpoints(tmp_path):
     assert res.returncode == 2 and "--resume" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
     logdir = tmp_path / "run"
     args = ["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--checkpoint_every=0", "--steps=1000000"]
     proc = subprocess.Popen([sys.executable, "-m", "dreamer_ext.train", *args], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (logdir / "metrics.jsonl").exists():
-            time.sleep(0.05)
-        time.sleep(1.0)
+        seen = []
+        for line in proc.stdout:  # the readiness line comes after set-up, when the loop starts
+            seen.append(line)
+            if line.startswith("start: step 0 of 1000000"):
+                break
+        else:
+            pytest.fail("no readiness line: " + "".join(seen)[-2000:] + proc.stderr.read()[-2000:])
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    assert "stopped by SIGTERM" in out
+    assert "stopped by SIGTERM" in out and "Traceback" not in err
     step = list_checkpoints(str(logdir))[-1][0]
-    assert 0 < step < 1_000_000
+    assert 0 <= step < 1_000_000
     res = _train([f"--logdir={logdir}", "--resume", f"--steps={step + 50}"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_checkpoint(str(logdir))["step"] == step + 50
+
+
+def test_sigterm_during_set_up_still_ends_in_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """The stop handler is installed before the slow set-up: a SIGTERM that arrives while the environments and the
+    agent are being built is kept, and the run stops at its first iteration with a checkpoint (exit 0)."""
+    from dreamer_ext import train as train_mod
+
+    real_setup = train_mod.setup
+
+    def setup_then_signal(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # delivered to the handler right away (main thread)
+        return real_setup(*args, **kwargs)
+
+    caught_outside = []
+
+    def outside(signum, frame):  # would see the signal if the program had no handler yet (instead of dying)
+        caught_outside.append(signum)
+
+    monkeypatch.setattr(train_mod, "setup", setup_then_signal)
+    old = signal.signal(signal.SIGTERM, outside)
+    try:
+        logdir = tmp_path / "run"
+        rc = train_mod.main(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=1000"])
+        assert signal.getsignal(signal.SIGTERM) is outside  # the program's handler is removed again
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    out = capsys.readouterr().out
+    assert not caught_outside
+    assert rc == 0 and "stopped by SIGTERM at step 0" in out
+    assert [s for s, _ in list_checkpoints(str(logdir))] == [0]
 
 
 def test_resume_uses_the_current_optimiser_hyperparameters():
@@ -361,6 +397,7 @@ def test_resume_uses_the_current_optimiser_hyperparameters():
     assert adam2.opt.opts["world_model"].param_groups[0]["base_lr"] == 3e-3
 
 
+@pytest.mark.slow
 def test_resume_follows_new_intervals_and_extends_the_run(tmp_path):
     logdir = tmp_path / "run"
     res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--checkpoint_every=0", "--steps=100",
@@ -372,6 +409,7 @@ def test_resume_follows_new_intervals_and_extends_the_run(tmp_path):
     assert [s for s, _ in list_checkpoints(str(logdir))] == [100, 150, 200, 250, 300]
 
 
+@pytest.mark.slow
 def test_fresh_start_discards_logs_of_a_run_without_checkpoints(tmp_path):
     logdir = tmp_path / "run"
     logdir.mkdir()
@@ -383,6 +421,7 @@ def test_fresh_start_discards_logs_of_a_run_without_checkpoints(tmp_path):
     assert steps and 999999 not in steps
 
 
+@pytest.mark.slow
 def test_a_locked_run_directory_is_refused(tmp_path):
     logdir = tmp_path / "run"
     lock = ckpt_mod.RunLock(str(logdir))
@@ -395,6 +434,7 @@ def test_a_locked_run_directory_is_refused(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_lost_metrics_file_warns_instead_of_failing(tmp_path):
     logdir = tmp_path / "run"
     res = _train(["--env=CartPole-v1", f"--logdir={logdir}", *TINY, "--steps=100"])

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dreamer_ext import cli
-from dreamer_ext.config import PRESETS, Config
+from dreamer_ext.config import PRESETS, Config, iter_leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("env", "preset", "steps", "logdir", "seed", "device", "eval_every", "eval_episodes")
@@ -16,7 +16,7 @@ REQUIRED = ("env", "preset", "steps", "logdir", "seed", "device", "eval_every", 
 def test_every_field_is_an_option_with_help_and_default():
     cfg = Config()
     text = " ".join(cli.build_parser(cfg, prog="prog").format_help().split())  # undo line wrapping
-    leaves = list(cli.iter_fields(cfg))
+    leaves = list(iter_leaves(cfg))
     assert len(leaves) > 50
     for name, f, value in leaves:
         assert f"--{name}" in text, name
@@ -27,9 +27,9 @@ def test_every_field_is_an_option_with_help_and_default():
 
 
 def test_both_spellings_dotted_bools_tuples():
-    cfg = cli.parse(["--rssm.deter=1024", "--rssm.hidden", "128", "--seed", "-3", "--replay_online=false",
+    cfg = cli.parse(["--rssm.deter=1024", "--rssm.hidden", "128", "--seed", "3", "--replay_online=false",
                      "--encoder.cnn_mults", "1,2,3,4", "--env", "CartPole-v1", "--train_ratio=32", "--steps=1e3"])
-    assert cfg.rssm.deter == 1024 and cfg.rssm.hidden == 128 and cfg.seed == -3
+    assert cfg.rssm.deter == 1024 and cfg.rssm.hidden == 128 and cfg.seed == 3
     assert cfg.replay_online is False and cfg.encoder.cnn_mults == (1, 2, 3, 4)
     assert cfg.env == "CartPole-v1" and cfg.train_ratio == 32.0 and cfg.steps == 1000
     assert isinstance(cfg.steps, int) and isinstance(cfg.train_ratio, float)
@@ -56,6 +56,14 @@ def test_preset_applied_first_then_overrides():
     (["--replay_online=maybe"], "--replay_online"),
     (["--rssm.dete=5"], "--rssm.dete"),  # no prefix abbreviations
     (["--device=tpu"], "--device"),
+    (["--train_ratio=nan"], "--train_ratio"),  # accepted before: the run silently never trained
+    (["--train_ratio=inf"], "--train_ratio"),
+    (["--loss.rep=-inf"], "--loss.rep"),
+    (["--steps=1.5"], "--steps"),
+    (["--seed=-1"], "--seed"),  # gymnasium refuses negative seeds at reset
+    (["--replay_capacity=63"], "--replay_capacity"),  # below batch_size * batch_length: training never starts
+    (["--objective=repo"], "--objective"),  # planned, not there yet
+    (["--encoder.kernel=4"], "--encoder.kernel"),
 ])
 def test_errors_exit_2_with_one_line_naming_the_option(argv, option, capsys):
     with pytest.raises(SystemExit) as e:
@@ -66,6 +74,7 @@ def test_errors_exit_2_with_one_line_naming_the_option(argv, option, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_train_program_cli_in_subprocess():
     env = {**os.environ, "PYTHONPATH": ROOT}
     run = lambda *a: subprocess.run([sys.executable, "-m", "dreamer_ext.train", *a], cwd=ROOT, env=env,
@@ -80,3 +89,9 @@ def test_train_program_cli_in_subprocess():
     for name in REQUIRED:
         assert f"--{name}" in helped.stdout
     assert "env steps" in helped.stdout and "summed over" in helped.stdout
+
+
+def test_planned_objective_says_it_is_coming(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_or_exit(["--objective=repo"], prog="prog")
+    assert "planned but not implemented yet" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from dreamer_ext.config import (PRESETS, Config, apply_preset, config_from_dict, config_to_dict, get_path,
-                                make_config, set_path)
+                                iter_leaves, make_config, parse_value, set_path)
 
 
 def test_defaults_match_spec():
@@ -64,7 +64,7 @@ def test_unknown_field_rejected():
 
 
 def test_json_round_trip():
-    c = make_config("size1m", rssm={"deter": 64}, norm="layer", objective="repo")
+    c = make_config("size1m", rssm={"deter": 64}, norm="layer", loss={"rep": 0.3}, encoder={"cnn_mults": [1, 2, 3, 4]})
     d = json.loads(json.dumps(dataclasses.asdict(c)))
     assert config_from_dict(d) == c
     assert config_from_dict(config_to_dict(c)) == c
@@ -92,3 +92,72 @@ def test_set_get_path_coercion():
         set_path(c, "batch_size", "abc")
     apply_preset(c, "size50m")
     assert c.rssm.deter == 4096
+
+
+def test_every_numeric_and_choice_field_declares_its_check():
+    """Validation lives beside each field: a new int/float field without a check fails here."""
+    unchecked = [path for path, f, value in iter_leaves(Config())
+                 if isinstance(value, (int, float)) and not isinstance(value, bool) and f.metadata.get("check") is None]
+    assert not unchecked, unchecked
+
+
+NUMERIC = [path for path, _, value in iter_leaves(Config()) if isinstance(value, (int, float))
+           and not isinstance(value, bool)]
+
+
+@pytest.mark.parametrize("path", NUMERIC)
+def test_every_numeric_field_rejects_out_of_range_and_non_finite(path):
+    c = make_config("size1m")
+    like = get_path(c, path)
+    bad = [-1e30] if isinstance(like, int) else [float("nan"), float("inf"), -1e30]
+    for value in bad:
+        c2 = make_config("size1m")
+        obj, name = c2, path
+        if "." in path:
+            section, name = path.split(".")
+            obj = getattr(c2, section)
+        setattr(obj, name, int(value) if isinstance(like, int) else value)
+        with pytest.raises(ValueError, match="^" + path.replace(".", r"\.") + ":"):
+            c2.validate()
+
+
+def test_one_converter_for_cli_text_and_json_values():
+    c = Config()
+    for text in ("1.5", "abc", "nan", "1e400"):
+        with pytest.raises(ValueError, match="steps"):
+            set_path(c, "steps", text)
+    set_path(c, "steps", "1e3")
+    assert c.steps == 1000 and isinstance(c.steps, int)
+    set_path(c, "steps", 2000.0)  # a JSON number that is integral
+    assert c.steps == 2000
+    with pytest.raises(ValueError, match="steps"):
+        set_path(c, "steps", 2.5)
+    with pytest.raises(ValueError, match="replay_online"):
+        set_path(c, "replay_online", 1)  # JSON 1 is not a bool
+    with pytest.raises(ValueError, match="env"):
+        set_path(c, "env", 3)
+    assert parse_value("2, 3,4,4", (2, 3, 4, 4), "x") == (2, 3, 4, 4)
+    assert parse_value([1, 2, 3, 4], (2, 3, 4, 4), "x") == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="x"):
+        parse_value("1,a", (2, 3), "x")
+
+
+def test_configs_saved_by_earlier_versions_still_load():
+    old = config_to_dict(make_config("size1m"))
+    loss = old["loss"]
+    for k in ("rec", "rew", "con"):
+        del loss[k]
+    loss["pred"] = 0.5
+    old["repo"] = {"epsilon": 3.0}
+    c = config_from_dict(old)
+    assert (c.loss.rec, c.loss.rew, c.loss.con) == (0.5, 0.5, 0.5) and not hasattr(c, "repo")
+
+
+def test_relations_between_fields():
+    with pytest.raises(ValueError, match="replay_capacity"):
+        make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=100)  # 16 streams need 16*8
+    make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=128)
+    with pytest.raises(ValueError, match="imag.retnorm_low"):
+        make_config(imag={"retnorm_low": 60.0, "retnorm_high": 50.0})
+    with pytest.raises(ValueError, match="actor.max_std"):
+        make_config(actor={"min_std": 1.0, "max_std": 0.5})

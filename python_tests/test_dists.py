@@ -8,11 +8,11 @@ from dreamer_ext.dists import (Bernoulli, BoundedNormal, ImageMSE, MSE, OneHotDi
                                categorical_sample, make_bins)
 
 
-def test_bins_modes():
+def test_bins_spaces():
     b = make_bins(255, 20.0, "symlog")
     assert b.shape == (255,) and b[0] == -20 and b[-1] == 20 and b[127] == 0
     torch.testing.assert_close(make_bins(255, 20.0, "symexp"), ops.symexp(b))
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="space"):
         make_bins(5, 1.0, "linear")
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from dreamer_ext.losses import total_loss
 from dreamer_ext.objectives import DreamerObjective, Objective, make_objective
 from dreamer_ext.world_model import WorldModel, shift_actions
 from tiny_agent_config import image_vector_spec, random_batch, tiny_config, vector_spec
@@ -25,13 +26,14 @@ def test_loss_terms_and_combination():
     spec = image_vector_spec()
     wm = WorldModel(cfg, spec)
     batch = prep(random_batch(spec, B=2, T=5))
-    loss, post, m = wm.loss(batch)
-    assert loss.dim() == 0 and torch.isfinite(loss)
+    terms, post, m = wm.loss(batch)
+    assert set(terms) == set(DreamerObjective.terms) == {"rec", "rew", "con", "dyn", "rep"}
+    assert all(t.shape == (2, 5) and torch.isfinite(t).all() for t in terms.values())
     assert post["feat"].shape == (2, 5, wm.rssm.feat_dim)
-    want = (m["loss/rec"] + m["loss/rew"] + m["loss/con"]) * cfg.loss.pred + cfg.loss.dyn * m["loss/dyn"] + \
-        cfg.loss.rep * m["loss/rep"]
-    torch.testing.assert_close(loss, want)
-    torch.testing.assert_close(m["loss/rec"], m["loss/rec_image"] + m["loss/rec_vector"])
+    torch.testing.assert_close(terms["rec"].mean(), m["loss/rec_image"] + m["loss/rec_vector"])
+    loss, lm = total_loss(terms, {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1})
+    torch.testing.assert_close(loss, sum(terms[k].mean() for k in ("rec", "rew", "con", "dyn"))
+                               + 0.1 * terms["rep"].mean())
     # the reward head is zero-initialised: it predicts 0 and its loss is log(255)-ish at init for any target
     assert wm.reward(post["feat"]).pred().abs().max() < 1e-4
     loss.backward()
@@ -49,24 +51,25 @@ def test_free_bits_clamp_per_element():
     post, _ = wm.observe(batch)
     # identical posterior and prior: KL = 0 -> both terms sit at the free-bits floor and give no gradient
     post["prior_logits"] = post["post_logits"].detach().clone().requires_grad_(True)
-    loss, m = wm.objective(wm, batch, post)
-    assert m["kl/dyn"].abs() < 1e-5 and m["loss/dyn"].item() == pytest.approx(1.0) and m["loss/rep"].item() == pytest.approx(1.0)
-    g = torch.autograd.grad(cfg.loss.dyn * m["loss/dyn"], post["prior_logits"], allow_unused=True)[0]
+    terms, m = wm.objective(wm, batch, post)
+    dyn, rep = terms["dyn"].mean(), terms["rep"].mean()
+    assert m["kl/dyn"].abs() < 1e-5 and dyn.item() == pytest.approx(1.0) and rep.item() == pytest.approx(1.0)
+    g = torch.autograd.grad(dyn, post["prior_logits"], allow_unused=True)[0]
     assert g is None or g.abs().sum() == 0
     # a KL above the floor in one element only gets gradient there
     pl = post["post_logits"].detach().clone()
     pl[0, 0] += torch.randn_like(pl[0, 0]) * 10
     pl.requires_grad_(True)
     post["prior_logits"] = pl
-    loss, m = wm.objective(wm, batch, post)
-    g = torch.autograd.grad(m["loss/dyn"], pl)[0]
+    terms, m = wm.objective(wm, batch, post)
+    g = torch.autograd.grad(terms["dyn"].mean(), pl)[0]
     assert g[0, 0].abs().sum() > 0 and g[1:].abs().sum() == 0 and g[0, 1:].abs().sum() == 0
 
 
 def test_symexp_bins_switch():
     cfg = tiny_config(heads={"bins": "symexp"})
     wm = WorldModel(cfg, vector_spec())
-    assert wm.bins.max() > 1e8 and wm.reward(torch.zeros(2, wm.rssm.feat_dim)).mode == "symexp"
+    assert wm.bins.max() > 1e8 and wm.reward(torch.zeros(2, wm.rssm.feat_dim)).space == "symexp"
 
 
 def test_make_objective_registry():
@@ -91,5 +94,5 @@ def test_continue_target_is_one_minus_terminal():
         wm.cont_out.weight.zero_()
         wm.cont_out.bias.fill_(10.0)  # predicts "continue" with p ≈ 1
     batch = prep(random_batch(spec, B=2, T=5))  # exactly one terminal step out of 10
-    _, _, m = wm.loss(batch)
-    assert m["loss/con"].item() == pytest.approx(10.0 / 10, rel=1e-3)
+    terms, _, _ = wm.loss(batch)
+    assert terms["con"].mean().item() == pytest.approx(10.0 / 10, rel=1e-3)

@@ -1,14 +1,17 @@
 """World-model objectives: the seam between the world model's outputs and its training loss.
 
-An objective is an ``nn.Module`` (it may own parameters, e.g. RePo's log β) called as
-``objective(wm, data, post) -> (loss, metrics)`` where
+An objective is an ``nn.Module`` (it may own parameters, e.g. a Lagrange multiplier) called as
+``objective(wm, data, post) -> (terms, metrics)`` where
 
 - ``wm`` is the :class:`~dreamer_ext.world_model.WorldModel` (heads: ``wm.decode(feat)``, ``wm.reward(feat)``,
   ``wm.cont(feat)``, KL terms: ``wm.rssm.kl(post_logits, prior_logits)``),
 - ``data`` is the batch on device (obs keys ``[B, T, ...]``, ``reward [B, T]``, ``is_terminal [B, T]``, ...),
 - ``post`` is :meth:`RSSM.observe`'s output plus ``feat [B, T, F]``,
 
-and returns a scalar loss written as ``Σ_k scale_k · mean(term_k)`` and a dict of 0-d tensors (no host syncs).
+and returns named per-element loss terms (``{"rec": [B, T], ...}``, the names listed in the class attribute
+``terms``) and a dict of 0-d metric tensors (no host syncs). The objective applies no scales: the agent's loss table
+(:mod:`dreamer_ext.losses`) multiplies each term by its scale from :class:`~dreamer_ext.config.LossConfig`, whose
+fields must name exactly the terms produced, and sums the means once.
 
 Hooks an objective may override (defaults do nothing):
 

@@ -1,0 +1,64 @@
+"""The loss table: one dict of per-element terms, one dict of scales from LossConfig, one total."""
+import dataclasses
+
+import pytest
+import torch
+
+from dreamer_ext.agent import Agent
+from dreamer_ext.config import LossConfig, loss_scales
+from dreamer_ext.losses import total_loss
+from tiny_agent_config import random_batch, tiny_config, vector_spec
+
+
+def test_total_is_the_scaled_sum_of_term_means():
+    terms = {"a": torch.tensor([[1.0, 3.0]]), "b": torch.tensor([4.0, 6.0, 8.0])}
+    total, m = total_loss(terms, {"a": 2.0, "b": 0.5})
+    assert total.item() == pytest.approx(2.0 * 2.0 + 0.5 * 6.0)
+    assert m["loss/a"].item() == 2.0 and m["loss/b"].item() == 6.0 and m["loss/total"].item() == total.item()
+
+
+@pytest.mark.parametrize("terms, named", [({"a": torch.ones(2)}, "missing \\['b'\\]"),
+                                          ({"a": torch.ones(2), "b": torch.ones(2), "c": torch.ones(1)},
+                                           "without a scale \\['c'\\]")])
+def test_terms_and_scales_must_name_the_same_keys(terms, named):
+    with pytest.raises(ValueError, match=named):
+        total_loss(terms, {"a": 1.0, "b": 1.0})
+
+
+def test_scales_come_from_every_loss_config_field_but_free_bits():
+    cfg = tiny_config(loss={"rep": 0.25, "critic": 0.5})
+    scales = loss_scales(cfg)
+    assert set(scales) == {f.name for f in dataclasses.fields(LossConfig)} - {"free_bits"}
+    assert scales["rep"] == 0.25 and scales["critic"] == 0.5 and scales["rec"] == 1.0
+
+
+def _grads(scales_override):
+    torch.manual_seed(0)
+    spec = vector_spec()
+    agent = Agent(tiny_config(loss=scales_override, optim={"warmup": 1}), spec)
+    grads = {}
+    real_step = agent.opt.step
+
+    def spy(allow=True):
+        grads.update({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
+        return real_step(allow=allow)
+
+    agent.opt.step = spy
+    torch.manual_seed(1)
+    m = agent.train_step(random_batch(spec, B=2, T=5))
+    return m, grads
+
+
+def test_agent_total_is_computed_once_from_the_table_and_each_scale_acts_on_its_term():
+    m, g = _grads({})
+    scales = loss_scales(tiny_config())
+    assert m["loss/total"] == pytest.approx(sum(s * m[f"loss/{k}"] for k, s in scales.items()), rel=1e-5)
+    # a zero actor scale removes exactly the actor's gradients; the world model's are untouched
+    m0, g0 = _grads({"actor": 0.0})
+    actor = [n for n in g if n.startswith("behavior.actor.")]
+    assert actor and all(n not in g0 or g0[n].abs().sum() == 0 for n in actor)
+    wm = [n for n in g if n.startswith("wm.")]
+    assert wm and all(torch.equal(g[n], g0[n]) for n in wm)
+    # doubling the reward scale doubles the reward head's gradient (it only gets the reward term)
+    m2, g2 = _grads({"rew": 2.0})
+    torch.testing.assert_close(g2["wm.reward_out.weight"], 2 * g["wm.reward_out.weight"])
