@@ -240,29 +240,54 @@ class Run:
         self.eval_envs.close()
 
 
+def load_resume(cfg: Config, resume_from: str | None) -> tuple[dict | None, TrainState]:
+    """The checkpoint payload to continue from (None for a fresh run) and the loop counters. A directory that holds
+    checkpoints is only continued with ``--resume``."""
+    existing = list_checkpoints(cfg.logdir)
+    if existing and not cfg.resume:
+        raise cli.CLIError(f"--logdir={cfg.logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
+                           f"or choose another --logdir")
+    if resume_from is None and cfg.resume and existing:
+        resume_from = existing[-1][1]
+    if not resume_from:
+        if cfg.resume:
+            print(f"resume: no checkpoint in {cfg.logdir}; starting a new run", flush=True)
+        return None, TrainState()
+    payload = load_checkpoint(resume_from)
+    st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
+    st.resumes += 1
+    changes = _config_changes(payload["config"], config_to_dict(cfg))
+    print(f"resume: {payload['path']} (step {payload['step']})"
+          + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
+    return payload, st
+
+
+def open_logger(cfg: Config, payload: dict | None, st: TrainState) -> RunLogger:
+    """The run's logger. On resume, rows and events logged after the checkpoint are dropped; a fresh start discards
+    the logs of an earlier run that saved no checkpoint."""
+    metrics_path = os.path.join(cfg.logdir, "metrics.jsonl")
+    old_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
+    if payload is not None:
+        offset = payload["logs"].get("metrics_offset")
+        if not isinstance(offset, int) or offset > old_size:
+            print(f"warning: {metrics_path} is shorter than when the checkpoint was saved; appending to it as it is",
+                  flush=True)
+            offset = None
+        return RunLogger(cfg.logdir, cfg.tensorboard, purge_step=st.step + 1, metrics_offset=offset)
+    has_events = any(n.startswith("events.out.tfevents") for n in os.listdir(cfg.logdir))
+    if old_size or has_events:
+        print(f"note: {cfg.logdir} holds logs of a run that saved no checkpoint; they are discarded", flush=True)
+    return RunLogger(cfg.logdir, cfg.tensorboard, purge_step=0 if has_events else None,
+                     metrics_offset=0 if old_size else None)
+
+
 def setup(cfg: Config, resume_from: str | None) -> Run:
     """Device, seeds, environments, agent, replay, checkpointer and logger; on resume (``cfg.resume``) all restored
     from ``resume_from`` (default: the newest checkpoint in ``cfg.logdir``)."""
     from .agent import Agent
 
-    device, logdir = resolve_device(cfg.device), cfg.logdir
-    existing = list_checkpoints(logdir)
-    if existing and not cfg.resume:
-        raise cli.CLIError(f"--logdir={logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
-                           f"or choose another --logdir")
-    if resume_from is None and cfg.resume and existing:
-        resume_from = existing[-1][1]
-    payload = load_checkpoint(resume_from) if resume_from else None
-    st = TrainState()
-    if payload is not None:
-        st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
-        st.resumes += 1
-        changes = _config_changes(payload["config"], config_to_dict(cfg))
-        print(f"resume: {payload['path']} (step {payload['step']})"
-              + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
-    elif cfg.resume:
-        print(f"resume: no checkpoint in {logdir}; starting a new run", flush=True)
-
+    device = resolve_device(cfg.device)
+    payload, st = load_resume(cfg, resume_from)
     # seeds; environments (eval: up to 8 parallel copies, seeds disjoint from the train envs')
     seed_everything(cfg.seed)
     offset = st.resumes * _ENV_SEED_STRIDE
@@ -271,13 +296,10 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
         eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
-
     agent = Agent(cfg, envs.spec)
     replay = Replay(cfg.replay_capacity, cfg.batch_length, chunk_size=REPLAY_CHUNK, online=cfg.replay_online,
                     seed=cfg.seed)
-    ckpt = Checkpointer(logdir, keep=cfg.checkpoint_keep)
-    metrics_path = os.path.join(logdir, "metrics.jsonl")
-    old_size = os.path.getsize(metrics_path) if os.path.exists(metrics_path) else 0
+    ckpt = Checkpointer(cfg.logdir, keep=cfg.checkpoint_keep)
     if payload is not None:
         restore_agent(agent, payload, envs.spec)
         ckpt.restore_replay(payload, replay)
@@ -285,31 +307,25 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
             set_rng_state(payload["rng"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {payload['path']!r}: malformed RNG state ({e})") from None
-        offset = payload["logs"].get("metrics_offset")
-        if not isinstance(offset, int) or offset > old_size:
-            print(f"warning: {metrics_path} is shorter than when the checkpoint was saved; appending to it as it is",
-                  flush=True)
-            offset = None
-        logger = RunLogger(logdir, cfg.tensorboard, purge_step=st.step + 1, metrics_offset=offset)
-    else:
-        has_events = any(n.startswith("events.out.tfevents") for n in os.listdir(logdir))
-        if old_size or has_events:
-            print(f"note: {logdir} holds logs of a run that saved no checkpoint; they are discarded", flush=True)
-        logger = RunLogger(logdir, cfg.tensorboard, purge_step=0 if has_events else None,
-                           metrics_offset=0 if old_size else None)
+    logger = open_logger(cfg, payload, st)
     text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
-    atomic_write(os.path.join(logdir, "config.json"), lambda f: f.write(text.encode()))
+    atomic_write(os.path.join(cfg.logdir, "config.json"), lambda f: f.write(text.encode()))
+    run = Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt)
+    print_banner(run)
+    return run
 
-    B, T, spec = cfg.batch_size, cfg.batch_length, envs.spec
-    print(f"logdir: {logdir}", flush=True)
-    print(f"device: {device} (torch threads: {torch.get_num_threads()})", flush=True)
+
+def print_banner(run: Run) -> None:
+    cfg, spec = run.cfg, run.envs.spec
+    B, T = cfg.batch_size, cfg.batch_length
+    print(f"logdir: {cfg.logdir}", flush=True)
+    print(f"device: {run.device} (torch threads: {torch.get_num_threads()})", flush=True)
     print(f"backend: {ops.get_backend()}", flush=True)
     print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={cfg.num_envs}",
           flush=True)
-    print("params: " + " ".join(f"{k}={v:,}" for k, v in agent.param_count().items()), flush=True)
+    print("params: " + " ".join(f"{k}={v:,}" for k, v in run.agent.param_count().items()), flush=True)
     print(f"train: steps={cfg.steps} train_ratio={cfg.train_ratio} updates/env-step={cfg.train_ratio / (B * T):.4g} "
           f"(B={B}, T={T}, starts after {B * T} stored steps)", flush=True)
-    return Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt)
 
 
 # -------------------------------------------------------------------------------------------------------------- steps
