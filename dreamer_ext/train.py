@@ -323,6 +323,9 @@ def print_banner(run: Run) -> None:
     print(f"backend: {ops.get_backend()}", flush=True)
     print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={cfg.num_envs}",
           flush=True)
+    if not env_kwargs(cfg) and cfg.action_repeat != Config().action_repeat:
+        print(f"note: --action_repeat={cfg.action_repeat} applies to ALE/<Game>-v5 envs only; {cfg.env} steps once "
+              f"per decision", flush=True)
     print("params: " + " ".join(f"{k}={v:,}" for k, v in run.agent.param_count().items()), flush=True)
     print(f"train: steps={cfg.steps} train_ratio={cfg.train_ratio} updates/env-step={cfg.train_ratio / (B * T):.4g} "
           f"(B={B}, T={T}, starts after {B * T} stored steps)", flush=True)

@@ -58,3 +58,8 @@ def test_long_cpu_run_prints_its_projection_and_practical_commands_once(tmp_path
 def test_short_run_prints_no_projection_note(tmp_path, capsys):
     rc, out, _ = run_main(capsys, f"--logdir={tmp_path / 'run'}", "--steps=300")
     assert rc == 0 and "projected to need" not in out
+
+
+def test_action_repeat_on_a_non_atari_env_is_reported_not_silently_ignored(tmp_path, capsys):
+    rc, out, _ = run_main(capsys, f"--logdir={tmp_path / 'run'}", "--steps=20", "--action_repeat=2")
+    assert rc == 0 and "--action_repeat=2 applies to ALE/<Game>-v5 envs only" in out
