@@ -50,7 +50,7 @@ def main() -> float:
     obs, carry = envs.reset(), agent.initial_carry(cfg.num_envs)
     steps = 0
     while steps < cfg.steps:
-        action, carry = agent.policy(to_torch(obs, agent.device), carry, mode="train")
+        action, carry = agent.policy(to_torch(obs, agent.device), carry, sample=True)
         action = action.cpu().numpy().astype(np.float32)
         action[obs["is_last"]] = 0.0
         replay.add_batch({**obs, "action": action})

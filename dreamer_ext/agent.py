@@ -86,15 +86,16 @@ class Agent(nn.Module):
         return carry
 
     @torch.no_grad()
-    def policy(self, obs: dict, carry: dict, mode: str = "train") -> tuple[torch.Tensor, dict]:
+    def policy(self, obs: dict, carry: dict, sample: bool = True) -> tuple[torch.Tensor, dict]:
         """One acting step.
 
         ``obs``: the spec's keys batched ``[B, ...]`` plus ``is_first`` bool ``[B]`` (where set, the carry is reset
-        to zeros before the step). ``mode``: "train" samples, "eval" takes the mode. Returns (action ``[B, A]``
-        float32 — one-hot for discrete, in [-1, 1] for continuous — and the new carry).
+        to zeros before the step). ``sample``: True samples the actor's distribution (training, and the authors'
+        evaluation), False takes its mode. Returns (action ``[B, A]`` float32 — one-hot for discrete, in [-1, 1]
+        for continuous — and the new carry).
         """
-        if mode not in ("train", "eval"):
-            raise ValueError(f"mode: expected 'train' or 'eval', got {mode!r}")
+        if not isinstance(sample, bool):
+            raise ValueError(f"sample: expected a bool, got {sample!r}")
         if "is_first" not in obs:
             raise ValueError("obs: missing key 'is_first'")
         dev = self.device
@@ -103,7 +104,7 @@ class Agent(nn.Module):
         state = {"h": carry["h"].to(dev), "z": carry["z"].to(dev)}
         post = self.wm.rssm.obs_step(state, carry["action"].to(dev), embed, obs["is_first"].to(dev).bool())
         dist = self.behavior.actor(self.wm.rssm.feat(post))
-        action = dist.sample() if mode == "train" else dist.mode()
+        action = dist.sample() if sample else dist.mode()
         action = action.detach().float()
         if not self.spec.discrete:
             action = action.clamp(-1.0, 1.0)

@@ -222,6 +222,8 @@ class Config:
     device: str = _f("auto", "device: auto | cpu | cuda | cuda:N", device_name)
     eval_every: int = _f(10_000, "env steps between evaluations (0 disables)", non_negative)
     eval_episodes: int = _f(10, "episodes per evaluation", positive)
+    eval_policy: str = _f("sample", "how evaluations act: 'sample' (the authors' protocol) | 'mode' (greedy)",
+                          one_of("sample", "mode"))
     log_every: int = _f(1_000, "env steps between metric logs", positive)
     num_envs: int = _f(1, "parallel environments", positive)
     action_repeat: int = _f(4, "emulator frames per env step (ALE envs only)", positive)

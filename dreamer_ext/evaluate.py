@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python -m dreamer_ext.evaluate --checkpoint PATH --episodes N [--json OUT]``.
 
-``PATH`` is a checkpoint file or a run directory (its newest checkpoint). The agent acts with the mode of its policy
-(``mode="eval"``) in fresh copies of the run's environment, seeded apart from the training and in-training eval envs.
+``PATH`` is a checkpoint file or a run directory (its newest checkpoint). The agent samples its policy (``--eval_policy
+sample``, the authors' protocol) or takes its mode (``mode``) in fresh copies of the run's environment, seeded apart
+from the training and in-training eval envs.
 Prints the mean return ± the half-width of its 95% Student-t confidence interval; ``--json`` writes every episode's
 return and length with the summary.
 
@@ -22,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 
 from . import cli
-from .loop import env_kwargs, run_episodes, tune_cpu_allocator
+from .loop import POLICIES, env_kwargs, run_episodes, tune_cpu_allocator
 
 PROG = "python -m dreamer_ext.evaluate"
-DESCRIPTION = """Evaluate a dreamer_ext checkpoint: run N complete episodes with the policy's mode and print the mean return
-± the half-width of its 95% confidence interval (Student t, n-1 degrees of freedom)."""
+DESCRIPTION = """Evaluate a dreamer_ext checkpoint: run N complete episodes with the sampled policy (or its mode) and print
+the mean return ± the half-width of its 95% confidence interval (Student t, n-1 degrees of freedom)."""
 
 
 # ------------------------------------------------------------------------------------------------------------ program
@@ -34,6 +35,7 @@ DESCRIPTION = """Evaluate a dreamer_ext checkpoint: run N complete episodes with
 class EvalOptions:
     checkpoint: str = field(default="", metadata={"help": "checkpoint file, or a run directory (its newest checkpoint)"})
     episodes: int = field(default=10, metadata={"help": "complete episodes to run"})
+    eval_policy: str = field(default="sample", metadata={"help": "sample (the authors' protocol) | mode (greedy)"})
     json: str = field(default="", metadata={"help": "write the returns and the summary to this JSON file"})
     num_envs: int = field(default=0, metadata={"help": "parallel eval envs (0: min(episodes, 8))"})
     seed: int = field(default=-1, metadata={"help": "env seed (-1: the run's seed + 20000)"})
@@ -45,6 +47,8 @@ class EvalOptions:
             raise ValueError("checkpoint: required (a checkpoint file or a run directory)")
         if self.episodes < 1:
             raise ValueError(f"episodes: must be positive, got {self.episodes}")
+        if self.eval_policy not in POLICIES:
+            raise ValueError(f"eval_policy: expected one of {POLICIES}, got {self.eval_policy!r}")
         if self.seed < -1:
             raise ValueError(f"seed: must be >= 0, or -1 for the run's seed + 20000, got {self.seed}")
         if self.num_envs < 0:
@@ -96,7 +100,7 @@ def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> di
         restore_agent(agent, payload, env.spec, optimizer=False)
         agent.eval()
         t0 = time.time()
-        out = run_episodes(agent, env, opts.episodes, device)
+        out = run_episodes(agent, env, opts.episodes, device, policy=opts.eval_policy)
     finally:
         env.close()
     from .stats import mean_ci
@@ -104,7 +108,7 @@ def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> di
     ci = mean_ci(out["returns"])
     result = {
         "checkpoint": os.path.abspath(payload["path"]), "env": cfg.env, "step": int(payload["step"]),
-        "episodes": opts.episodes, "seed": seed, "mean": ci["mean"],
+        "episodes": opts.episodes, "policy": opts.eval_policy, "seed": seed, "mean": ci["mean"],
         "ci95": ci["ci"] if math.isfinite(ci["ci"]) else None,  # undefined for one episode
         "std": ci["std"] if math.isfinite(ci["std"]) else None,
         "returns": out["returns"], "lengths": out["lengths"], "seconds": round(time.time() - t0, 2),
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
     ci = "n/a" if res["ci95"] is None else f"{res['ci95']:.2f}"
     std = "n/a" if res["std"] is None else f"{res['std']:.2f}"
     print(f"checkpoint: {res['checkpoint']} (env {res['env']}, step {res['step']})")
-    print(f"return: {res['mean']:.2f} ± {ci} (95% CI, {res['episodes']} episodes; std {std})")
+    print(f"return: {res['mean']:.2f} ± {ci} (95% CI, {res['episodes']} episodes, {res['policy']} policy; std {std})")
     if opts.json:
         print(f"wrote {opts.json}")
     return 0

@@ -58,8 +58,13 @@ class Episodes:
         return done
 
 
-def run_episodes(agent, env, episodes: int, device: torch.device, record: int = 0, record_key: str | None = None) -> dict:
-    """Run exactly ``episodes`` complete episodes with ``mode="eval"``.
+POLICIES = ("sample", "mode")  # how an evaluation acts: sample the actor (the authors' protocol) or take its mode
+
+
+def run_episodes(agent, env, episodes: int, device: torch.device, policy: str = "sample", record: int = 0,
+                 record_key: str | None = None) -> dict:
+    """Run exactly ``episodes`` complete episodes; ``policy`` "sample" draws actions from the actor, "mode" takes the
+    most likely one (deterministic given the state; in deterministic games it can loop until the frame cap).
 
     Env ``i`` runs episodes ``i, i + n, ...`` (n = ``env.num_envs``), so short episodes are not favoured. Returns
     ``returns``/``lengths`` (lists, in completion order) and ``frames``: when ``record > 0``, the observations
@@ -67,6 +72,8 @@ def run_episodes(agent, env, episodes: int, device: torch.device, record: int = 
     """
     if episodes < 1:
         raise ValueError(f"episodes: must be positive, got {episodes}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
     n = env.num_envs
     quota = np.array([len(range(i, episodes, n)) for i in range(n)])
     returns, lengths, frames = [], [], []
@@ -78,7 +85,7 @@ def run_episodes(agent, env, episodes: int, device: torch.device, record: int = 
         if recording and len(frames) < record:
             frames.append(np.array(obs[record_key][0], copy=True))
         with torch.no_grad():
-            action, carry = agent.policy(to_torch(obs, device), carry, mode="eval")
+            action, carry = agent.policy(to_torch(obs, device), carry, sample=policy == "sample")
         obs = env.step(action.detach().cpu().numpy().astype(np.float32))
         for i, ret, length in tracker.add(obs):
             if recording and i == 0:

@@ -335,7 +335,7 @@ def print_banner(run: Run) -> None:
 def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
     """One agent decision per training env: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env
     resets and ignores it), then the envs step. Returns the next observations and recurrent carry."""
-    action, carry = run.agent.policy(to_torch(obs, run.device), carry, mode="train")
+    action, carry = run.agent.policy(to_torch(obs, run.device), carry, sample=True)
     action = action.cpu().numpy().astype(np.float32)
     action[obs["is_last"]] = 0.0
     run.replay.add_batch({**obs, "action": action})
@@ -378,12 +378,14 @@ def log_media(run: Run, batch: dict) -> None:
         run.logger.image(run.st.step, tag, img)
 
 
-def evaluate(run: Run, record: bool) -> tuple[dict, bool]:
-    """``eval_episodes`` episodes with the actor's mode, logged and printed; with ``record`` (and image observations)
-    one episode's frames go to TensorBoard as a GIF. Returns (metrics, whether a GIF was logged)."""
+def evaluate(run: Run, record: bool, train_returns: list | None = None) -> tuple[dict, bool]:
+    """``eval_episodes`` episodes with the ``eval_policy`` (sampled by default, as the authors evaluate), logged and
+    printed (with the mean of ``train_returns``, the training episodes since the last evaluation, which is the score
+    the authors report; the list is emptied); with ``record`` (and image observations) one episode's frames go to TensorBoard as a GIF.
+    Returns (metrics, whether a GIF was logged)."""
     cfg, st = run.cfg, run.st
     record = record and cfg.media_every > 0 and run.image_key is not None
-    out = run_episodes(run.agent, run.eval_envs, cfg.eval_episodes, run.device,
+    out = run_episodes(run.agent, run.eval_envs, cfg.eval_episodes, run.device, policy=cfg.eval_policy,
                        record=cfg.video_frames if record else 0, record_key=run.image_key)
     metrics = summarize(out["returns"], out["lengths"])
     st.last_eval = st.step
@@ -391,7 +393,11 @@ def evaluate(run: Run, record: bool) -> tuple[dict, bool]:
     recorded = record and out["frames"] is not None
     if recorded:
         run.logger.video(st.step, "eval/episode", out["frames"])
-    _write(f"step={st.step} eval_return={metrics['eval_return']:.2f}")
+    line = f"step={st.step} eval_return={metrics['eval_return']:.2f} ({cfg.eval_policy} policy, {cfg.eval_episodes} episodes)"
+    if train_returns:
+        line += f" train_episode_return={np.mean(train_returns):.2f} (sample policy, {len(train_returns)} episodes)"
+        train_returns.clear()
+    _write(line)
     return metrics, recorded
 
 
@@ -445,7 +451,7 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
     evals, logs, ckpts = (Every(n, after=st.step) for n in (cfg.eval_every, cfg.log_every, cfg.checkpoint_every))
     media = Every(cfg.media_every, after=st.step, first=st.step)  # as soon as there is a batch, then periodically
     projection = Projection(cfg.steps, cfg.train_ratio / (B * T), B * T)
-    rates, train_metrics, episodes = _Rates(st), Mean(), Episodes(cfg.num_envs)
+    rates, train_metrics, episodes, train_returns = _Rates(st), Mean(), Episodes(cfg.num_envs), []
     video_due, noted, last_return, last_batch = True, False, math.nan, None
     obs, carry = run.envs.reset(), run.agent.initial_carry(cfg.num_envs)
     seconds_base, t_start = st.train_seconds, time.time()
@@ -460,6 +466,7 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
             for _, ret, length in episodes.add(obs):
                 st.episodes, last_return = st.episodes + 1, ret
                 run.logger.scalars(st.step, {"episode_return": ret, "episode_length": length})
+                train_returns.append(ret)
             t1, n_updates = time.perf_counter(), updates_due(run)
             for _ in range(n_updates):
                 last_batch = train_once(run, train_metrics)
@@ -468,7 +475,7 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
                 log_media(run, last_batch)
                 video_due = True  # the next evaluation records an episode
             if evals.due(st.step):
-                video_due = video_due and not evaluate(run, record=video_due)[1]
+                video_due = video_due and not evaluate(run, video_due, train_returns)[1]
             if logs.due(st.step) or st.step >= cfg.steps:
                 log_train(run, train_metrics, rates)
             noted = show_progress(run, bar, projection, last_return, noted)

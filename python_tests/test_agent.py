@@ -74,8 +74,8 @@ def test_policy_discrete_onehot_and_carry():
     a, carry = agent.policy(obs, carry)
     assert a.shape == (3, 4) and torch.equal(a.sum(-1), torch.ones(3)) and set(a.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(carry["action"], a) and not a.requires_grad
-    with pytest.raises(ValueError, match="mode"):
-        agent.policy(obs, carry, mode="greedy")
+    with pytest.raises(ValueError, match="sample"):
+        agent.policy(obs, carry, sample="greedy")
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -87,13 +87,13 @@ def test_eval_mode_takes_the_actors_mode_and_train_mode_samples(discrete):
     spec = vector_spec(discrete=discrete, act_dim=4)
     agent = Agent(tiny_config(), spec)
     obs = _obs(spec, 16, seed=1)
-    for mode, want_equal in (("eval", True), ("train", False)):
-        action, carry = agent.policy(obs, agent.initial_carry(16), mode=mode)
+    for sample, want_equal in ((False, True), (True, False)):
+        action, carry = agent.policy(obs, agent.initial_carry(16), sample=sample)
         with torch.no_grad():
             mode_action = agent.behavior.actor(agent.wm.rssm.feat(carry)).mode()
         if not discrete:
             mode_action = mode_action.clamp(-1, 1)
-        assert torch.equal(action, mode_action) == want_equal, mode
+        assert torch.equal(action, mode_action) == want_equal, sample
 
 
 def test_policy_reset_by_is_first():

@@ -51,7 +51,8 @@ def run_main(capsys, *args):
 
 
 def parse_return_line(out):
-    m = re.search(r"^return: (-?[\d.]+) ± (n/a|-?[\d.]+) \(95% CI, (\d+) episodes; std (n/a|[\d.]+)\)$", out, re.M)
+    m = re.search(r"^return: (-?[\d.]+) ± (n/a|-?[\d.]+) \(95% CI, (\d+) episodes, sample policy; std (n/a|[\d.]+)\)$",
+                  out, re.M)
     assert m, out
     return m.groups()
 
@@ -125,6 +126,21 @@ def test_same_seed_is_deterministic_and_seed_option_is_used(run_dir):
     assert a["seed"] == b["seed"] == 123
     c = evaluate_checkpoint(EvalOptions(**{**opts, "seed": 7, "num_envs": 2}))
     assert c["seed"] == 7 and len(c["returns"]) == 4
+
+
+def test_eval_policy_sample_is_the_default_and_mode_is_a_switch(run_dir, tmp_path, capsys):
+    rc, out, _ = run_main(capsys, f"--checkpoint={run_dir}", "--episodes=2", "--device=cpu", "--eval_policy=mode",
+                          f"--json={tmp_path / 'm.json'}")
+    assert rc == 0 and "2 episodes, mode policy;" in out
+    assert json.loads((tmp_path / "m.json").read_text())["policy"] == "mode"
+    greedy = [evaluate_checkpoint(EvalOptions(checkpoint=str(run_dir), episodes=3, device="cpu", seed=5,
+                                              eval_policy="mode"))["returns"] for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    sampled = evaluate_checkpoint(EvalOptions(checkpoint=str(run_dir), episodes=3, device="cpu", seed=5))
+    assert sampled["policy"] == "sample"
+    with pytest.raises(SystemExit) as e:
+        main([f"--checkpoint={run_dir}", "--eval_policy=greedy"])
+    assert e.value.code == 2 and "--eval_policy" in capsys.readouterr().err
 
 
 def test_single_episode_has_no_interval(run_dir, tmp_path, capsys):
@@ -296,10 +312,10 @@ class FakeAgent:
     def initial_carry(self, n):
         return {"count": torch.zeros(n)}
 
-    def policy(self, obs, carry, mode="train"):
+    def policy(self, obs, carry, sample=True):
         assert isinstance(obs["image"], torch.Tensor) and obs["image"].dtype == torch.uint8
         assert obs["is_first"].dtype == torch.bool
-        self.modes.add(mode)
+        self.modes.add(sample)
         self.calls += 1
         n = obs["image"].shape[0]
         return torch.zeros(n, self.act_dim), {"count": carry["count"] + 1}
@@ -324,7 +340,7 @@ def test_run_episodes_quota_per_env(num_envs, episodes):
     got = sorted(zip(out["returns"], out["lengths"]))
     assert got == sorted(expected_episodes(num_envs, episodes))
     assert out["frames"] is None
-    assert agent.modes == {"eval"} and env.resets == 1
+    assert agent.modes == {True} and env.resets == 1  # the default evaluation samples, as the authors' does
     # it stops as soon as the last quota is met: the slowest env's last counted episode ends on the final step
     finish = max(sum(episode_length(i, k) + 1 for k in range(len(range(i, episodes, num_envs))))
                  for i in range(num_envs))

@@ -36,7 +36,7 @@ def check_run(logdir, out, env_id, backend="reference"):
     cfg = config_from_dict(json.loads((logdir / "config.json").read_text()))
     assert cfg.env == env_id and cfg.batch_size == 4 and cfg.rssm.deter == 64 and cfg.logdir == str(logdir)
     assert "device: cpu" in out and f"backend: {backend}" in out and re.search(r"params: .*total=[\d,]+", out)
-    evals = [float(x) for x in re.findall(r"eval_return=(-?[\d.]+)", out)]
+    evals = [float(x) for x in re.findall(r"eval_return=(-?[\d.]+) \(sample policy, 1 episodes\)", out)]
     assert len(evals) >= 2 and all(math.isfinite(e) for e in evals)  # at step 150 and 300
     updates = int(re.search(r"done: steps=(\d+) updates=(\d+)", out).group(2))
     assert updates >= 10  # (300 - 64) / 16 ~ 15
