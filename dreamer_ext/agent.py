@@ -4,7 +4,7 @@ This is the only object the training loop talks to.
 
 Batch layout (all ``[B, T, ...]``, any device): the spec's observation keys, ``action [B, T, A]`` = action taken at
 obs_t (the world model uses it shifted right by one as the previous action, zeros at t=0, masked by is_first),
-``reward [B, T]`` = reward received on arriving at obs_t, ``is_first`` and ``is_terminal`` bool ``[B, T]``.
+``reward [B, T]`` = reward received on arriving at obs_t, ``is_first``, ``is_last`` and ``is_terminal`` bool ``[B, T]``.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------ learning
     def _prepare(self, batch: dict) -> dict:
-        need = list(self.wm.encoders) + ["action", "reward", "is_first", "is_terminal"]
+        need = list(self.wm.encoders) + ["action", "reward", "is_first", "is_last", "is_terminal"]
         missing = [k for k in need if k not in batch]
         if missing:
             raise ValueError(f"batch: missing keys {missing}")
@@ -127,6 +127,7 @@ class Agent(nn.Module):
         data["reward"] = data["reward"].float()
         data["is_first"] = data["is_first"].bool()
         data["is_terminal"] = data["is_terminal"].bool()
+        data["is_last"] = data["is_last"].bool()
         return data
 
     def train_step(self, batch: dict) -> dict[str, float]:
@@ -147,8 +148,12 @@ class Agent(nn.Module):
         start = {"h": post["h"].detach().reshape(B * T, -1),
                  "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
         start_cont = 1.0 - data["is_terminal"].reshape(B * T).float()
-        beh_terms, beh_metrics = self.behavior.loss(self.wm, start, start_cont)
+        beh_terms, beh_metrics, start_return = self.behavior.loss(self.wm, start, start_cont)
         metrics.update(beh_metrics)
+        if "repval" in self.scales:  # V2: the critic also learns on the replayed states
+            feat = post["feat"] if self.config.critic.repval_grad else post["feat"].detach()
+            beh_terms["repval"], rv_metrics = self.behavior.replay_value_loss(feat, data, start_return.reshape(B, T))
+            metrics.update(rv_metrics)
         loss, loss_metrics = total_loss({**terms, **beh_terms}, self.scales)
         metrics.update(loss_metrics)
         loss.backward()

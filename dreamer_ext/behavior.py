@@ -16,7 +16,7 @@ from .config import Config
 from .dists import BoundedNormal, OneHotDist, TwoHot, make_bins
 from .nets import MLP, out_linear
 
-__all__ = ["Actor", "Critic", "ReturnNorm", "Behavior", "trajectory_weight"]
+__all__ = ["Actor", "Critic", "ReturnNorm", "Behavior", "trajectory_weight", "replay_lambda_return"]
 
 
 class Actor(nn.Module):
@@ -74,6 +74,21 @@ class ReturnNorm(nn.Module):
         return torch.clamp(self.scale, min=self.limit)
 
 
+def replay_lambda_return(reward: torch.Tensor, term: torch.Tensor, last: torch.Tensor, boot: torch.Tensor,
+                         gamma: float, lam: float) -> torch.Tensor:
+    """λ-returns along replayed sequences (batch-major ``[B, T]`` inputs -> ``[B, T−1]``), bootstrapped with ``boot``:
+    ``R_{T−1} = boot_{T−1}``, ``R_t = r_{t+1} + γ(1−term_{t+1})·((1−λ')·boot_{t+1} + λ'·R_{t+1})``, ``λ' = λ·(1−last_{t+1})``.
+    No gradient."""
+    with torch.no_grad():
+        live = (1.0 - term[:, 1:]) * gamma
+        cont = (1.0 - last[:, 1:]) * lam
+        out = [boot[:, -1]]
+        for t in range(reward.shape[1] - 2, -1, -1):
+            nxt = out[-1]
+            out.append(reward[:, t + 1] + live[:, t] * ((1.0 - cont[:, t]) * boot[:, t + 1] + cont[:, t] * nxt))
+        return torch.stack(out[::-1][:-1], 1) if len(out) > 1 else reward[:, :0]
+
+
 def trajectory_weight(cont: torch.Tensor, gamma: float) -> torch.Tensor:
     """``w_t = Π_{i≤t} γ·ĉ_i`` along dim 0 (``cont[H+1, N] -> w[H+1, N]``), no gradient."""
     return torch.cumprod(gamma * cont.detach(), 0)
@@ -104,25 +119,34 @@ class Behavior(nn.Module):
             return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
 
     def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None
-             ) -> tuple[dict, dict]:
+             ) -> tuple[dict, dict, torch.Tensor]:
         """Actor and critic loss terms from imagination.
 
         Args: ``start`` posterior states ``{"h": [N, deter], "z": [N, S, C]}``, ``start_cont[N]`` = 1 − is_terminal
-        of those states (ĉ_0). Returns (terms ``{"actor": [H, N], "critic": [H, N]}``, unscaled and per element, and
-        metrics of 0-d tensors).
+        of those states (ĉ_0 without ``contdisc``). Returns (terms ``{"actor": [H, N], "critic": [H, N]}``, unscaled
+        and per element; metrics of 0-d tensors; and R_0 ``[N]``, the imagined λ-return of each start state, which
+        bootstraps the replay-value loss).
+
+        Discounting: with ``imag.contdisc`` (V2) ĉ_t is the continue head's probability, which already holds γ (its
+        target is ``(1 − terminal)·γ``), for every state including the start, and the λ-return uses no extra γ;
+        without it (notes) ĉ_0 = ``start_cont``, ĉ_t = the head's 0/1 mode and γ multiplies. Weights
+        ``w_t = Π_{i≤t} disc·ĉ_i`` (disc = 1 or γ).
         """
         ic = self.config.imag
-        H, gamma = ic.horizon, ic.gamma
+        H, disc = ic.horizon, (1.0 if ic.contdisc else ic.gamma)
         traj = self.imagine(wm, start, H, uniforms)
         feat = traj["feat"]                                            # [H+1, N, F], no grad
         with torch.no_grad():
             reward = wm.reward(feat[1:]).pred()                        # [H, N]  r̂_1..r̂_H
-            cont = torch.cat([start_cont.float()[None], wm.cont(feat[1:]).pred()], 0)  # [H+1, N]
+            if ic.contdisc:
+                cont = wm.cont(feat).mean()                            # [H+1, N] probabilities, γ included
+            else:
+                cont = torch.cat([start_cont.float()[None], wm.cont(feat[1:]).pred()], 0)  # [H+1, N] hard 0/1
             slow = self.slow_critic(feat[:H]).pred()                   # [H, N]
         critic_dist = self.critic(feat)                                # grads into the critic only
         value = critic_dist.pred().detach()                            # [H+1, N]
-        ret = ops.lambda_return(reward, cont[1:], value, gamma, ic.lam)  # [H, N]
-        weight = trajectory_weight(cont, gamma)[:H]                    # [H, N]
+        ret = ops.lambda_return(reward, cont[1:], value, disc, ic.lam)  # [H, N]
+        weight = trajectory_weight(cont, disc)[:H]                     # [H, N]
         div = self.retnorm.update(ret)
         adv = (ret - value[:H]) / div
         # actor: REINFORCE on detached features
@@ -139,7 +163,26 @@ class Behavior(nn.Module):
             "ret/adv_std": adv.std(), "imag/reward": reward.mean(), "imag/cont": cont[1:].mean(),
             "imag/value": value.mean(), "imag/weight": weight.mean(), "imag/slow_value": slow.mean(),
         }
-        return {"actor": actor, "critic": critic}, metrics
+        return {"actor": actor, "critic": critic}, metrics, ret[0].detach()
+
+    def replay_value_loss(self, feat: torch.Tensor, data: dict, boot: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """V2 replay-value loss: the critic on the replayed posterior states ``feat [B, T, F]`` against λ-returns of
+        the real rewards and terminals, bootstrapped with each state's imagined return ``boot [B, T]`` (R_0).
+
+        ``R_t = r_{t+1} + γ(1−term_{t+1})·((1−λ_{t+1})·boot_{t+1} + λ_{t+1}·R_{t+1})`` with ``λ_{t+1} = 0`` where
+        ``is_last_{t+1}`` (the window crosses into another episode there), ``R_{T−1} = boot_{T−1}``. The term, per
+        element ``[B, T−1]``, is ``(1 − is_last_t)·[CE(v_t, sg R_t) + slow_reg·CE(v_t, sg v_slow,t)]``. Gradients
+        reach the critic and, through ``feat`` (when the caller does not detach it), the world model.
+        """
+        ic, cc = self.config.imag, self.config.critic
+        ret = replay_lambda_return(data["reward"].float(), data["is_terminal"].float(), data["is_last"].float(),
+                                   boot.float(), ic.gamma, ic.lam)                   # [B, T-1]
+        dist = self.critic(feat[:, :-1])
+        with torch.no_grad():
+            slow = self.slow_critic(feat[:, :-1].detach()).pred()
+        weight = 1.0 - data["is_last"][:, :-1].float()
+        term = weight * (dist.loss(ret) + cc.slow_reg * dist.loss(slow))
+        return term, {"repval/ret": ret.mean(), "repval/value": dist.pred().detach().mean()}
 
     @torch.no_grad()
     def update_slow(self) -> None:

@@ -133,8 +133,8 @@ class HeadsConfig:
     units: int = _f(256, "units of reward/continue heads", positive)
     reward_layers: int = _f(1, "hidden layers of the reward head", positive)
     cont_layers: int = _f(1, "hidden layers of the continue head", positive)
-    bins: str = _f("symlog", "twohot bins: 'symlog' (notes/V1: symlog-space bins) | 'symexp' (V2: raw-space bins)",
-                   one_of("symlog", "symexp"))
+    bins: str = _f("symexp", "twohot bins: 'symexp' (V2: raw-space bins, unbiased mean) | 'symlog' (notes/V1: "
+                             "symlog-space bins, symexp of the mean)", one_of("symlog", "symexp"))
     num_bins: int = _f(255, "number of twohot bins", at_least(2))
     bin_range: float = _f(20.0, "bins span linspace(-r, r) before the optional symexp", positive)
 
@@ -144,7 +144,8 @@ class ActorConfig:
     units: int = _f(256, "actor MLP units", positive)
     layers: int = _f(3, "actor hidden layers", positive)
     entropy: float = _f(3e-4, "entropy bonus scale eta", non_negative)
-    unimix: float = _f(0.01, "uniform mixture on the discrete action distribution (notes)", in_range(0, 1))
+    unimix: float = _f(0.0, "uniform mixture on the discrete action distribution (V2: 0; notes: 0.01)",
+                       in_range(0, 1))
     min_std: float = _f(0.1, "continuous actor: minimum std", positive)
     max_std: float = _f(1.0, "continuous actor: maximum std (must exceed min_std)", positive)
     init_scale: float = _f(0.01, "continuous actor: output layer init scale", positive)
@@ -157,12 +158,15 @@ class CriticConfig:
     slow_rate: float = _f(0.02, "slow critic EMA rate per update", in_range(0, 1))
     slow_every: int = _f(1, "update the slow critic every N updates", positive)
     slow_reg: float = _f(1.0, "scale of the CE(v, sg v_slow) regulariser", non_negative)
+    repval_grad: bool = _f(True, "V2: the replay-value loss's gradient also reaches the encoder and RSSM")
 
 
 @dataclass
 class ImagConfig:
     horizon: int = _f(15, "imagination horizon H (H+1 states incl. start)", positive)
     gamma: float = _f(1.0 - 1.0 / 333.0, "discount gamma", in_range(0, 1))
+    contdisc: bool = _f(True, "V2: continue target (1-terminal)*gamma, imagination discounts by the continue "
+                              "probability; false (notes): target 1-terminal, hard 0/1 continue times gamma")
     lam: float = _f(0.95, "lambda of the lambda-return", in_range(0, 1))
     retnorm_decay: float = _f(0.99, "EMA decay of the return scale S", in_range(0, 1))
     retnorm_low: float = _f(5.0, "lower return percentile (below retnorm_high)", in_range(0, 100))
@@ -181,12 +185,19 @@ class LossConfig:
     rep: float = _f(0.1, "beta_rep: scale of max(free_bits, KL[q||sg(p)]) (notes: 0.1)", non_negative)
     actor: float = _f(1.0, "actor loss scale", non_negative)
     critic: float = _f(1.0, "critic loss scale", non_negative)
+    repval: float = _f(0.3, "V2 replay-value loss scale: the critic on replayed states (0 turns the term off, as in V1)",
+                       non_negative)
     free_bits: float = _f(1.0, "free bits (nats) per (batch, time) element (not a loss term)", non_negative)
 
 
+OPTIONAL_TERMS = ("repval",)  # terms that a zero scale switches off (not computed at all)
+
+
 def loss_scales(cfg: "Config") -> dict[str, float]:
-    """The loss table's scales: every :class:`LossConfig` field except ``free_bits``, by term name."""
-    return {f.name: float(getattr(cfg.loss, f.name)) for f in fields(cfg.loss) if f.name != "free_bits"}
+    """The loss table's scales: every :class:`LossConfig` field except ``free_bits``, by term name; an optional term
+    (:data:`OPTIONAL_TERMS`) whose scale is 0 is left out, and the agent does not compute it."""
+    out = {f.name: float(getattr(cfg.loss, f.name)) for f in fields(cfg.loss) if f.name != "free_bits"}
+    return {k: v for k, v in out.items() if k not in OPTIONAL_TERMS or v > 0}
 
 
 @dataclass
@@ -282,6 +293,9 @@ def _check_relations(cfg: Config) -> None:
     if cfg.imag.retnorm_low >= cfg.imag.retnorm_high:
         raise ValueError(f"imag.retnorm_low: must be below imag.retnorm_high={cfg.imag.retnorm_high}, "
                          f"got {cfg.imag.retnorm_low}")
+    if cfg.loss.repval > 0 and cfg.batch_length < 2:
+        raise ValueError(f"batch_length: the replay-value loss needs windows of at least 2 steps, got "
+                         f"{cfg.batch_length} (or pass --loss.repval=0)")
     need = max(cfg.batch_size, cfg.num_envs) * cfg.batch_length
     if cfg.replay_capacity < need:
         raise ValueError(f"replay_capacity: must be at least max(batch_size, num_envs) * batch_length = {need} "

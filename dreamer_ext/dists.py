@@ -44,8 +44,8 @@ class TwoHot:
         self.logits, self.bins, self.space = logits.float(), bins, space
 
     def pred(self) -> torch.Tensor:
-        """Expected value in raw space ``[...]``."""
-        m = (torch.softmax(self.logits, -1) * self.bins).sum(-1)
+        """Expected value in raw space ``[...]`` (summed outside-in, see :func:`paired_mean`)."""
+        m = paired_mean(torch.softmax(self.logits, -1), self.bins)
         return ops.symexp(m) if self.space == "symlog" else m
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,22 @@ class TwoHot:
     def entropy(self) -> torch.Tensor:
         logp = torch.log_softmax(self.logits, -1)
         return -(logp.exp() * logp).sum(-1)
+
+
+def paired_mean(probs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """``Σ_k probs[..., k]·bins[k]`` with bin k added to its mirror bin K−1−k first.
+
+    Raw-space (symexp) bins reach ±4.9e8: a left-to-right float32 sum of a uniform softmax over symmetric bins gives
+    about −0.26 instead of 0, so a zero-initialised reward or critic head would not predict 0. Adding mirror pairs
+    first makes symmetric mass cancel exactly; the value is the same mathematically for any bins.
+    """
+    K, m = bins.shape[0], bins.shape[0] // 2
+    lo = (probs[..., :m] * bins[:m]).flip(-1)           # bins m-1 .. 0
+    hi = probs[..., K - m:] * bins[K - m:]              # bins K-m .. K-1, the mirrors of lo
+    out = (lo + hi).sum(-1)
+    if K % 2:
+        out = out + probs[..., m] * bins[m]
+    return out
 
 
 class Bernoulli:

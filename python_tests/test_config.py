@@ -14,8 +14,11 @@ def test_defaults_match_spec():
     assert c.rssm.unimix == 0.01 and c.loss.dyn == 1.0 and c.loss.rep == 0.1 and c.loss.free_bits == 1.0
     assert c.imag.gamma == pytest.approx(1 - 1 / 333) and c.imag.lam == 0.95 and c.imag.horizon == 15
     assert (c.optim.kind, c.optim.lr, c.optim.eps, c.optim.agc, c.optim.warmup) == ("laprop", 4e-5, 1e-20, 0.3, 1000)
-    assert c.heads.bins == "symlog" and c.heads.num_bins == 255 and c.critic.slow_rate == 0.02
+    assert c.heads.bins == "symexp" and c.heads.num_bins == 255 and c.critic.slow_rate == 0.02
     assert c.actor.entropy == 3e-4 and c.batch_size == 16 and c.batch_length == 64 and c.train_ratio == 256
+    # V2 defaults (issue 9), each with its switch
+    assert c.actor.unimix == 0.0 and c.imag.contdisc is True and c.loss.repval == 0.3 and c.critic.repval_grad
+    assert c.eval_policy == "sample"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -118,3 +118,21 @@ def test_mse_symlog_and_image_mse():
     img = torch.full((1, 64, 64, 3), 255, dtype=torch.uint8)
     loss = ImageMSE(torch.full((1, 64, 64, 3), 0.5)).loss(img)
     torch.testing.assert_close(loss, torch.tensor([0.25 * 64 * 64 * 3]))
+
+
+def test_paired_mean_is_exactly_zero_for_symmetric_mass_on_raw_bins():
+    """A zero-initialised head over symexp bins (±4.9e8) must predict exactly 0, not the −0.26 of a left-to-right
+    float32 sum; for other probabilities it equals the plain expectation."""
+    from dreamer_ext.dists import paired_mean
+
+    bins = make_bins(255, 20.0, "symexp")
+    uniform = torch.softmax(torch.zeros(3, 255), -1)
+    assert (uniform * bins).sum(-1).abs().max() > 0.01  # the naive sum is off
+    assert torch.equal(paired_mean(uniform, bins), torch.zeros(3))
+    assert torch.equal(TwoHot(torch.zeros(2, 255), bins, "symexp").pred(), torch.zeros(2))
+    p = torch.softmax(torch.randn(5, 255, dtype=torch.float64), -1)
+    torch.testing.assert_close(paired_mean(p, bins.double()), (p * bins.double()).sum(-1), rtol=1e-12, atol=1e-6)
+    for K in (2, 6, 7):
+        b = make_bins(K, 3.0, "symlog")
+        q = torch.softmax(torch.randn(4, K), -1)
+        torch.testing.assert_close(paired_mean(q, b), (q * b).sum(-1))

@@ -62,3 +62,41 @@ def test_agent_total_is_computed_once_from_the_table_and_each_scale_acts_on_its_
     # doubling the reward scale doubles the reward head's gradient (it only gets the reward term)
     m2, g2 = _grads({"rew": 2.0})
     torch.testing.assert_close(g2["wm.reward_out.weight"], 2 * g["wm.reward_out.weight"])
+
+
+def _repval_only_grads(repval_grad):
+    torch.manual_seed(0)
+    spec = vector_spec()
+    zero = {k: 0.0 for k in ("rec", "rew", "con", "dyn", "rep", "actor", "critic")}
+    agent = Agent(tiny_config(loss={**zero, "repval": 1.0}, critic={"repval_grad": repval_grad}), spec)
+    with torch.no_grad():
+        agent.behavior.critic.out.weight.normal_(0, 0.3)  # zero-initialised otherwise: no gradient into feat
+    grads = {}
+    real_step = agent.opt.step
+
+    def spy(allow=True):
+        grads.update({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
+        return real_step(allow=allow)
+
+    agent.opt.step = spy
+    m = agent.train_step(random_batch(spec, B=2, T=5))
+    return m, grads
+
+
+def test_replay_value_loss_is_a_term_of_the_table_and_reaches_the_world_model_with_repval_grad():
+    m, g = _repval_only_grads(True)
+    assert m["loss/repval"] > 0 and m["loss/total"] == pytest.approx(m["loss/repval"], rel=1e-6)
+    enc = [n for n in g if n.startswith("wm.encoders.") or n.startswith("wm.rssm.")]
+    assert enc and any(g[n].abs().sum() > 0 for n in enc)
+    assert any(g[n].abs().sum() > 0 for n in g if n.startswith("behavior.critic."))
+    _, g0 = _repval_only_grads(False)
+    assert all(g0[n].abs().sum() == 0 for n in g0 if n.startswith("wm."))
+    assert any(g0[n].abs().sum() > 0 for n in g0 if n.startswith("behavior.critic."))
+
+
+def test_zero_repval_scale_switches_the_term_off():
+    torch.manual_seed(0)
+    spec = vector_spec()
+    agent = Agent(tiny_config(loss={"repval": 0.0}), spec)
+    m = agent.train_step(random_batch(spec, B=2, T=5))
+    assert "loss/repval" not in m and "repval" not in agent.scales

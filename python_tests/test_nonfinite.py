@@ -167,8 +167,8 @@ def test_nonfinite_loss_with_finite_gradients_skips_update(monkeypatch):
     grads_finite = {}
 
     def nan_loss(*args, **kwargs):
-        terms, metrics = real_loss(*args, **kwargs)
-        return {**terms, "actor": terms["actor"] + torch.tensor(NAN)}, metrics
+        terms, metrics, start_return = real_loss(*args, **kwargs)
+        return {**terms, "actor": terms["actor"] + torch.tensor(NAN)}, metrics, start_return
 
     real_step = agent.opt.step
 

@@ -86,13 +86,18 @@ def test_bad_spec():
         WorldModel(tiny_config(), EnvSpec(obs={"x": ((2, 3), "float32")}, act_dim=2))
 
 
-def test_continue_target_is_one_minus_terminal():
-    cfg = tiny_config()
+@pytest.mark.parametrize("contdisc", [True, False])
+def test_continue_target(contdisc):
+    """V2 ``contdisc``: the target is (1 − terminal)·γ; the notes' switch: 1 − terminal."""
+    cfg = tiny_config(imag={"contdisc": contdisc, "gamma": 0.9})
     spec = vector_spec()
     wm = WorldModel(cfg, spec)
+    logit = 1.5
     with torch.no_grad():
         wm.cont_out.weight.zero_()
-        wm.cont_out.bias.fill_(10.0)  # predicts "continue" with p ≈ 1
+        wm.cont_out.bias.fill_(logit)  # predicts p = sigmoid(1.5) everywhere
     batch = prep(random_batch(spec, B=2, T=5))  # exactly one terminal step out of 10
     terms, _, _ = wm.loss(batch)
-    assert terms["con"].mean().item() == pytest.approx(10.0 / 10, rel=1e-3)
+    target = (1.0 - batch["is_terminal"].float()) * (0.9 if contdisc else 1.0)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(torch.full((2, 5), logit), target, reduction="none")
+    torch.testing.assert_close(terms["con"], want)

@@ -55,4 +55,5 @@ def random_batch(spec: EnvSpec, B: int = 2, T: int = 6, seed: int = 0) -> dict:
     out["is_first"][:, 0] = True
     out["is_terminal"] = torch.zeros(B, T, dtype=torch.bool)
     out["is_terminal"][0, -1] = True
+    out["is_last"] = out["is_terminal"].clone()
     return out

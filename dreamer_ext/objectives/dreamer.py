@@ -5,7 +5,7 @@ Terms (each a per-(b, t) tensor ``[B, T]``; the agent's loss table scales and av
 - ``rec``: sum over observation keys of each decoder's loss (images: squared error summed over pixels vs x/255;
   vectors: symlog MSE summed over dims),
 - ``rew``: twohot cross-entropy of the reward head, ``con``: Bernoulli log-loss of the continue head (target
-  1 − is_terminal),
+  ``(1 − is_terminal)·γ`` with ``imag.contdisc`` (V2), else ``1 − is_terminal``),
 - ``dyn = max(free, KL[sg(q)‖p])`` and ``rep = max(free, KL[q‖sg(p)])`` with ``free = loss.free_bits`` nats.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ class DreamerObjective(Objective):
     def __init__(self, config):
         super().__init__()
         self.free_bits = float(config.loss.free_bits)
+        self.cont_scale = float(config.imag.gamma) if config.imag.contdisc else 1.0
 
     def forward(self, wm, data: dict, post: dict) -> tuple[dict, dict]:
         """``post``: ``feat [B,T,F]``, ``post_logits``/``prior_logits [B,T,S,C]``. Returns (terms, metrics)."""
@@ -36,7 +37,7 @@ class DreamerObjective(Objective):
         terms = {
             "rec": rec,
             "rew": wm.reward(feat).loss(data["reward"]),
-            "con": wm.cont(feat).loss(1.0 - data["is_terminal"].float()),
+            "con": wm.cont(feat).loss((1.0 - data["is_terminal"].float()) * self.cont_scale),
             "dyn": torch.clamp(dyn, min=self.free_bits),
             "rep": torch.clamp(rep, min=self.free_bits),
         }
