@@ -14,7 +14,7 @@ from torch import nn
 from . import ops
 from .config import Config
 from .dists import BoundedNormal, OneHotDist, TwoHot, make_bins
-from .nets import MLP, out_linear
+from .nets import MLP, initialize, out_linear
 
 __all__ = ["Actor", "Critic", "ReturnNorm", "Behavior", "trajectory_weight", "replay_lambda_return"]
 
@@ -103,6 +103,8 @@ class Behavior(nn.Module):
         ic = config.imag
         self.actor = Actor(feat_dim, act_dim, discrete, config)
         self.critic = Critic(feat_dim, config)
+        initialize(self.actor, config.init)
+        initialize(self.critic, config.init)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.retnorm = ReturnNorm(ic.retnorm_decay, ic.retnorm_low, ic.retnorm_high, ic.retnorm_limit)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))

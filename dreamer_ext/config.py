@@ -126,6 +126,8 @@ class DecoderConfig:
     kernel: int = _f(5, "CNN kernel size", odd_positive)
     mlp_units: int = _f(256, "units of the vector decoder MLP", positive)
     mlp_layers: int = _f(3, "layers of the vector decoder MLP", positive)
+    bspace: int = _f(8, "V2 image-decoder input: each of g deter blocks feeds its own channel group (0: one dense "
+                        "Linear from feat, the earlier layout)", non_negative)
 
 
 @dataclass
@@ -148,7 +150,7 @@ class ActorConfig:
                        in_range(0, 1))
     min_std: float = _f(0.1, "continuous actor: minimum std", positive)
     max_std: float = _f(1.0, "continuous actor: maximum std (must exceed min_std)", positive)
-    init_scale: float = _f(0.01, "continuous actor: output layer init scale", positive)
+    init_scale: float = _f(0.01, "actor output layer init scale (V2 outscale: std x 0.01)", positive)
 
 
 @dataclass
@@ -257,6 +259,9 @@ class Config:
     objective: str = _f("dreamer", "world-model objective: dreamer (RePo is planned)",
                         one_of("dreamer", hints=_OBJECTIVE_HINTS))
     norm: str = _f("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)", one_of("rms", "layer"))
+    init: str = _f("v2", "weight init: 'v2' (truncated normal, std = outscale/sqrt(fan_in), full fan-in for "
+                         "block-linear layers) | 'avg' (earlier: variance scale/mean(fan_in, fan_out), per block)",
+                   one_of("v2", "avg"))
     precision: str = _f("fp32", "compute precision (fp32 only for now)", one_of("fp32"))
     # ---- model ----
     rssm: RSSMConfig = _sub(RSSMConfig, "RSSM world-model core")
@@ -293,6 +298,10 @@ def _check_relations(cfg: Config) -> None:
     if cfg.imag.retnorm_low >= cfg.imag.retnorm_high:
         raise ValueError(f"imag.retnorm_low: must be below imag.retnorm_high={cfg.imag.retnorm_high}, "
                          f"got {cfg.imag.retnorm_low}")
+    c0 = cfg.decoder.cnn_depth * cfg.decoder.cnn_mults[-1]
+    if cfg.decoder.bspace and (cfg.rssm.deter % cfg.decoder.bspace or c0 % cfg.decoder.bspace):
+        raise ValueError(f"decoder.bspace: {cfg.decoder.bspace} must divide rssm.deter={cfg.rssm.deter} and the "
+                         f"decoder's {c0} grid channels (decoder.cnn_depth * cnn_mults[-1]); 0 turns it off")
     if cfg.loss.repval > 0 and cfg.batch_length < 2:
         raise ValueError(f"batch_length: the replay-value loss needs windows of at least 2 steps, got "
                          f"{cfg.batch_length} (or pass --loss.repval=0)")

@@ -14,16 +14,54 @@ from torch import nn
 
 from . import ops
 
-__all__ = ["Norm", "trunc_init_", "DenseLayer", "MLP", "BlockLinear", "ImageEncoder", "ImageDecoder",
-           "VectorEncoder", "VectorDecoder", "UpsampleConv"]
+__all__ = ["Norm", "trunc_init_", "initialize", "INITS", "DenseLayer", "MLP", "BlockLinear", "ImageEncoder",
+           "ImageDecoder", "VectorEncoder", "VectorDecoder", "UpsampleConv"]
+
+INITS = ("v2", "avg")
+_TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
 
 
-def trunc_init_(weight: torch.Tensor, fan_in: int, fan_out: int, scale: float = 1.0) -> None:
-    """Truncated-normal init with variance ``scale / mean(fan_in, fan_out)`` (V2 'trunc_normal', fan 'avg')."""
-    std = math.sqrt(scale / ((fan_in + fan_out) / 2.0)) / 0.87962566103423978
+def trunc_init_(weight: torch.Tensor, fan_in: int, fan_out: int, scale: float = 1.0, kind: str = "avg") -> None:
+    """Truncated-normal init (±2σ), in place. ``kind="v2"``: std ``scale / √fan_in`` (the authors' current
+    'trunc_normal' with fan 'in'; ``scale`` is their outscale); ``kind="avg"``: variance ``scale / mean(fan_in,
+    fan_out)`` (this project's earlier init). ``scale = 0`` gives zeros."""
+    if kind not in INITS:
+        raise ValueError(f"kind: expected one of {INITS}, got {kind!r}")
+    std = scale / math.sqrt(fan_in) if kind == "v2" else math.sqrt(scale / ((fan_in + fan_out) / 2.0))
     with torch.no_grad():
         nn.init.trunc_normal_(weight, 0.0, 1.0, -2.0, 2.0)
-        weight.mul_(std)
+        weight.mul_(std / _TRUNC_STD)
+
+
+def _fans(m: nn.Module) -> tuple[int, int] | None:
+    """(fan_in, fan_out) of a weight layer as the V2 init counts them: a block-linear layer's fan-in is its *full*
+    input width (each output sees one block, but the authors' fan counts all blocks); a conv's includes k·k."""
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if isinstance(m, BlockLinear):
+        return m.inp, m.out
+    if isinstance(m, nn.Conv2d):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        return m.in_channels * k, m.out_channels * k
+    return None
+
+
+def initialize(module: nn.Module, kind: str = "v2") -> None:
+    """(Re-)initialise every weight layer under ``module`` in place: weights truncated normal (:func:`trunc_init_`)
+    scaled by the layer's ``init_scale`` attribute (its outscale: 1 by default, 0 for the zero-initialised reward
+    and critic outputs, e.g. 0.01 for the actor's output), biases zero. Norm scales are left at 1.
+
+    ``kind="avg"`` reproduces the earlier init (fans of a block-linear layer per block, variance scaling)."""
+    for m in module.modules():
+        fans = _fans(m)
+        if fans is None:
+            continue
+        fan_in, fan_out = fans
+        if kind == "avg" and isinstance(m, BlockLinear):
+            fan_in, fan_out = fan_in // m.groups, fan_out // m.groups
+        trunc_init_(m.weight, fan_in, fan_out, getattr(m, "init_scale", 1.0), kind)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class Norm(nn.Module):
@@ -78,8 +116,10 @@ class MLP(nn.Sequential):
 
 
 def out_linear(inp: int, out: int, init: str = "normal", scale: float = 1.0) -> nn.Linear:
-    """Output projection; ``init="zeros"`` for twohot reward/critic heads, else truncated normal × scale."""
+    """Output projection; ``init="zeros"`` for twohot reward/critic heads, else truncated normal × scale. The scale
+    is kept as ``init_scale`` for :func:`initialize`."""
     layer = nn.Linear(inp, out)
+    layer.init_scale = 0.0 if init == "zeros" else scale
     if init == "zeros":
         nn.init.zeros_(layer.weight)
     else:
@@ -209,22 +249,35 @@ class ImageEncoder(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """``[N, F] -> [N, 64, 64, C]`` in [0, 1].
+    """``[N, F] -> [N, 64, 64, C]`` in [0, 1], ``F = deter + stoch`` (``feat = concat(h, flatten(z))``).
 
-    Linear to 4×4×(d*mults[-1]) -> norm -> SiLU, then 3 × [nearest-upsample ×2 -> Conv k -> norm -> SiLU] with channels
-    ``d*mults[2], d*mults[1], d*mults[0]`` (4d, 3d, 2d), then upsample ×2 -> Conv k to C -> sigmoid.
+    The 4×4×C0 input grid (C0 = d*mults[-1]): with ``bspace = g > 0`` (V2) a block-linear layer maps each of the g
+    blocks of h to its own group of C0/g channels, plus ``Linear(stoch -> 2·units) -> norm -> SiLU -> Linear(-> 4·4·C0)``
+    of z, and norm -> SiLU of the sum; with ``bspace = 0`` one Linear from feat -> norm -> SiLU. Then 3 × [nearest-
+    upsample ×2 -> Conv k -> norm -> SiLU] with channels ``d*mults[2], d*mults[1], d*mults[0]`` (4d, 3d, 2d), then
+    upsample ×2 -> Conv k to C -> sigmoid.
     """
 
     def __init__(self, feat_dim: int, out_shape: tuple, depth: int, mults: tuple = (2, 3, 4, 4), kernel: int = 5,
-                 norm: str = "rms"):
+                 norm: str = "rms", deter: int = 0, bspace: int = 0, units: int = 0):
         super().__init__()
         h, w, c = out_shape
         if h != 64 or w != 64:
             raise ValueError(f"out_shape: image decoder produces 64x64 images, got {out_shape}")
         self.c0 = depth * mults[-1]
-        self.space = nn.Linear(feat_dim, 16 * self.c0)
-        trunc_init_(self.space.weight, feat_dim, 16 * self.c0)
-        nn.init.zeros_(self.space.bias)
+        self.bspace, self.deter = bspace, deter
+        if bspace:
+            if not (0 < deter < feat_dim) or deter % bspace or self.c0 % bspace or units <= 0:
+                raise ValueError(f"bspace: {bspace} must divide deter={deter} (< feat_dim={feat_dim}) and the "
+                                 f"{self.c0} grid channels, with units > 0 (got {units})")
+            self.space_h = BlockLinear(deter, 16 * self.c0, bspace)
+            self.space_z = nn.Sequential(DenseLayer(feat_dim - deter, 2 * units, norm), nn.Linear(2 * units, 16 * self.c0))
+            trunc_init_(self.space_z[1].weight, 2 * units, 16 * self.c0)
+            nn.init.zeros_(self.space_z[1].bias)
+        else:
+            self.space = nn.Linear(feat_dim, 16 * self.c0)
+            trunc_init_(self.space.weight, feat_dim, 16 * self.c0)
+            nn.init.zeros_(self.space.bias)
         self.space_norm = Norm(self.c0, norm)
         chans = [self.c0] + [depth * m for m in reversed(mults[:-1])]  # 4d, 4d, 3d, 2d
         self.convs = nn.ModuleList(UpsampleConv(chans[i], chans[i + 1], kernel) for i in range(len(chans) - 1))
@@ -233,9 +286,18 @@ class ImageDecoder(nn.Module):
         self.out_shape = tuple(out_shape)
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+    def grid(self, feat: torch.Tensor) -> torch.Tensor:
+        """``[N, F] -> [N, 4, 4, C0]`` before the norm (block b of h fills channels ``b·C0/g .. (b+1)·C0/g``)."""
         n = feat.shape[0]
-        x = F.silu(self.space_norm(self.space(feat).reshape(n, 4, 4, self.c0)))
+        if not self.bspace:
+            return self.space(feat).reshape(n, 4, 4, self.c0)
+        g = self.bspace
+        xh = self.space_h(feat[:, :self.deter]).reshape(n, g, 4, 4, self.c0 // g)
+        xh = xh.permute(0, 2, 3, 1, 4).reshape(n, 4, 4, self.c0)          # (g h w c) -> h w (g c)
+        return xh + self.space_z(feat[:, self.deter:]).reshape(n, 4, 4, self.c0)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.space_norm(self.grid(feat)))
         x = x.permute(0, 3, 1, 2)  # channels_last NCHW view
         for conv, norm in zip(self.convs, self.norms):
             x = F.silu(norm(conv(x)))      # upsample ×2 + conv (computed sub-pixel, see UpsampleConv)

@@ -12,7 +12,7 @@ from torch import nn
 from .config import Config
 from .dists import Bernoulli, ImageMSE, MSE, TwoHot, make_bins
 from .envs.spec import EnvSpec
-from .nets import MLP, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, out_linear
+from .nets import MLP, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, initialize, out_linear
 from .objectives import make_objective
 from .rssm import RSSM
 
@@ -53,7 +53,8 @@ class WorldModel(nn.Module):
         F_ = self.rssm.feat_dim
         decoders = {}
         for key in self.image_keys:
-            decoders[key] = ImageDecoder(F_, tuple(spec.obs[key][0]), dc.cnn_depth, tuple(dc.cnn_mults), dc.kernel, norm)
+            decoders[key] = ImageDecoder(F_, tuple(spec.obs[key][0]), dc.cnn_depth, tuple(dc.cnn_mults), dc.kernel, norm,
+                                         deter=config.rssm.deter, bspace=dc.bspace, units=dc.mlp_units)
         for key in self.vector_keys:
             decoders[key] = VectorDecoder(F_, spec.obs[key][0][0], dc.mlp_units, dc.mlp_layers, norm)
         self.decoders = nn.ModuleDict(decoders)
@@ -65,6 +66,7 @@ class WorldModel(nn.Module):
         self.bins_space = hc.bins
         self.register_buffer("bins", make_bins(hc.num_bins, hc.bin_range, hc.bins), persistent=False)
         self.objective = make_objective(config.objective, config)
+        initialize(self, config.init)
 
     # ------------------------------------------------------------------ pieces
     def encode(self, obs: dict) -> torch.Tensor:
