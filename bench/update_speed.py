@@ -1,7 +1,7 @@
-"""Seconds per full ``Agent.train_step`` (batch 16×64, 64×64×3 uint8 images, 17 discrete actions, fp32) and per
-imagination rollout alone (B·T = 1024 starts, H = 15).
+"""Seconds per full ``Agent.train_step`` (batch 16×64, 64×64×3 uint8 images, 17 discrete actions) and per
+imagination rollout alone (B·T = 1024 starts, H = 15), at the default config (V2) unless told otherwise.
 
-    python bench/update_speed.py --preset size12m [--iters 3] [--device cpu] [--backend reference]
+    python bench/update_speed.py --preset size12m [--iters 3] [--device cpu] [--precision auto|bf16|fp32]
 
 The last line reads exactly ``seconds_per_update=X imagination_seconds=Y``.
 """
@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-length", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--precision", default="auto", help="auto | bf16 | fp32 (compute precision)")
     args = ap.parse_args()
     if args.backend:
         os.environ["DREAMER_EXT_BACKEND"] = args.backend
@@ -39,7 +40,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = make_config(args.preset, device=args.device, batch_size=args.batch_size, batch_length=args.batch_length)
+    cfg = make_config(args.preset, device=args.device, batch_size=args.batch_size, batch_length=args.batch_length,
+                      precision=args.precision)
     A = 17
     spec = EnvSpec(obs={"image": ((64, 64, 3), "uint8")}, act_dim=A, discrete=True)
     agent = Agent(cfg, spec)
@@ -53,6 +55,7 @@ def main() -> None:
         "is_first": torch.zeros(B, T, dtype=torch.bool),
         "is_terminal": torch.rand(B, T, generator=g) < 0.01,
     }
+    batch["is_last"] = batch["is_terminal"].clone()
     batch["is_first"][:, 0] = True
     batch = {k: v.to(dev) for k, v in batch.items()}
 
@@ -61,7 +64,8 @@ def main() -> None:
             torch.cuda.synchronize()
 
     counts = agent.param_count()
-    print(f"device={dev} preset={args.preset} params={counts['total']:,} threads={torch.get_num_threads()}")
+    print(f"device={dev} preset={args.preset} params={counts['total']:,} threads={torch.get_num_threads()} "
+          f"compute={agent.compute_dtype} (--precision={args.precision})")
     agent.train_step(batch)  # warm-up
     sync()
     t0 = time.perf_counter()
@@ -75,11 +79,13 @@ def main() -> None:
     rssm = agent.wm.rssm
     start = {"h": torch.randn(N, rssm.deter, device=dev) * 0.1,
              "z": torch.nn.functional.one_hot(torch.randint(0, rssm.C, (N, rssm.S), device=dev), rssm.C).float()}
-    agent.behavior.imagine(agent.wm, start)
+    with agent.autocast():
+        agent.behavior.imagine(agent.wm, start)
     sync()
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        agent.behavior.imagine(agent.wm, start)
+        with agent.autocast():
+            agent.behavior.imagine(agent.wm, start)
     sync()
     imag = (time.perf_counter() - t0) / args.iters
     print(f"seconds_per_update={per_update:.4f} imagination_seconds={imag:.4f}")

@@ -21,6 +21,30 @@ from .world_model import WorldModel
 __all__ = ["Agent", "resolve_device"]
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (avx512_bf16 or AMX), read from /proc/cpuinfo (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``"bf16"``/``"fp32"`` as given; ``"auto"``: bf16 on a CUDA device that supports it or a CPU with fast bf16
+    (:func:`cpu_has_fast_bf16`), else fp32. Returns the compute dtype of matmuls and convolutions."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision: expected auto|bf16|fp32, got {precision!r}")
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        precision = "bf16" if fast else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> cuda if available else cpu; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
 
@@ -45,6 +69,7 @@ class Agent(nn.Module):
         self.wm = WorldModel(config, spec)
         self.behavior = Behavior(config, self.wm.rssm.feat_dim, spec.act_dim, spec.discrete)
         self._device = resolve_device(config.device)
+        self.compute_dtype = resolve_precision(config.precision, self._device)
         self.to(self._device)
         self.scales = loss_scales(config)
         self.opt = Optimizer(config.optim, {
@@ -56,6 +81,13 @@ class Agent(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def autocast(self):
+        """Mixed precision for the forward passes: matmuls and convolutions in ``compute_dtype`` (bf16) with fp32
+        parameters; norms, softmax, distributions, KL, losses, λ-returns and return normalisation stay fp32 (each
+        of those casts to fp32 itself). A no-op in fp32."""
+        return torch.autocast(self._device.type, dtype=torch.bfloat16,
+                              enabled=self.compute_dtype == torch.bfloat16)
 
     def param_count(self) -> dict[str, int]:
         """Parameter counts per module (slow critic excluded from the total) plus ``"total"``."""
@@ -100,11 +132,12 @@ class Agent(nn.Module):
             raise ValueError("obs: missing key 'is_first'")
         dev = self.device
         seq = {k: obs[k].to(dev, non_blocking=True)[:, None] for k in self.wm.encoders}
-        embed = self.wm.encode(seq)[:, 0]
-        state = {"h": carry["h"].to(dev), "z": carry["z"].to(dev)}
-        post = self.wm.rssm.obs_step(state, carry["action"].to(dev), embed, obs["is_first"].to(dev).bool())
-        dist = self.behavior.actor(self.wm.rssm.feat(post))
-        action = dist.sample() if sample else dist.mode()
+        with self.autocast():
+            embed = self.wm.encode(seq)[:, 0]
+            state = {"h": carry["h"].to(dev), "z": carry["z"].to(dev)}
+            post = self.wm.rssm.obs_step(state, carry["action"].to(dev), embed, obs["is_first"].to(dev).bool())
+            dist = self.behavior.actor(self.wm.rssm.feat(post))
+            action = dist.sample() if sample else dist.mode()
         action = action.detach().float()
         if not self.spec.discrete:
             action = action.clamp(-1.0, 1.0)
@@ -143,17 +176,18 @@ class Agent(nn.Module):
         data = self._prepare(batch)
         saved_buffers = [b.detach().clone() for b in self.buffers()]
         self.opt.zero_grad()
-        terms, post, metrics = self.wm.loss(data)
-        B, T = data["reward"].shape[:2]
-        start = {"h": post["h"].detach().reshape(B * T, -1),
-                 "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
-        start_cont = 1.0 - data["is_terminal"].reshape(B * T).float()
-        beh_terms, beh_metrics, start_return = self.behavior.loss(self.wm, start, start_cont)
-        metrics.update(beh_metrics)
-        if "repval" in self.scales:  # V2: the critic also learns on the replayed states
-            feat = post["feat"] if self.config.critic.repval_grad else post["feat"].detach()
-            beh_terms["repval"], rv_metrics = self.behavior.replay_value_loss(feat, data, start_return.reshape(B, T))
-            metrics.update(rv_metrics)
+        with self.autocast():  # forward passes only; the backward pass follows the forward's dtypes
+            terms, post, metrics = self.wm.loss(data)
+            B, T = data["reward"].shape[:2]
+            start = {"h": post["h"].detach().reshape(B * T, -1),
+                     "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
+            start_cont = 1.0 - data["is_terminal"].reshape(B * T).float()
+            beh_terms, beh_metrics, start_return = self.behavior.loss(self.wm, start, start_cont)
+            metrics.update(beh_metrics)
+            if "repval" in self.scales:  # V2: the critic also learns on the replayed states
+                feat = post["feat"] if self.config.critic.repval_grad else post["feat"].detach()
+                beh_terms["repval"], rv = self.behavior.replay_value_loss(feat, data, start_return.reshape(B, T))
+                metrics.update(rv)
         loss, loss_metrics = total_loss({**terms, **beh_terms}, self.scales)
         metrics.update(loss_metrics)
         loss.backward()

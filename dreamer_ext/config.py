@@ -126,6 +126,7 @@ class DecoderConfig:
     kernel: int = _f(5, "CNN kernel size", odd_positive)
     mlp_units: int = _f(256, "units of the vector decoder MLP", positive)
     mlp_layers: int = _f(3, "layers of the vector decoder MLP", positive)
+    vector_half: bool = _f(False, "vector observations: loss ½(f - symlog y)² (notes) instead of (f - symlog y)² (V2)")
     bspace: int = _f(8, "V2 image-decoder input: each of g deter blocks feeds its own channel group (0: one dense "
                         "Linear from feat, the earlier layout)", non_negative)
 
@@ -262,7 +263,9 @@ class Config:
     init: str = _f("v2", "weight init: 'v2' (truncated normal, std = outscale/sqrt(fan_in), full fan-in for "
                          "block-linear layers) | 'avg' (earlier: variance scale/mean(fan_in, fan_out), per block)",
                    one_of("v2", "avg"))
-    precision: str = _f("fp32", "compute precision (fp32 only for now)", one_of("fp32"))
+    precision: str = _f("auto", "compute precision of matmuls and convolutions: bf16 | fp32 | auto (bf16 where the "
+                                "device computes it fast: a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX)",
+                        one_of("auto", "bf16", "fp32"))
     # ---- model ----
     rssm: RSSMConfig = _sub(RSSMConfig, "RSSM world-model core")
     encoder: EncoderConfig = _sub(EncoderConfig, "observation encoders")

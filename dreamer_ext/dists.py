@@ -190,10 +190,11 @@ class BoundedNormal:
 
 
 class MSE:
-    """Vector decoder in symlog space: ``pred[..., D]``; loss ``Σ_D ½(f − symlog(y))²``; pred() = symexp(f)."""
+    """Vector decoder in symlog space: ``pred[..., D]``; loss ``Σ_D scale·(f − symlog(y))²`` (V2: scale 1; the notes:
+    ½); pred() = symexp(f)."""
 
-    def __init__(self, pred: torch.Tensor, symlog: bool = True):
-        self.f, self.symlog = pred.float(), symlog
+    def __init__(self, pred: torch.Tensor, symlog: bool = True, scale: float = 1.0):
+        self.f, self.symlog, self.scale = pred.float(), symlog, scale
 
     def pred(self) -> torch.Tensor:
         return ops.symexp(self.f) if self.symlog else self.f
@@ -201,7 +202,7 @@ class MSE:
     def loss(self, target: torch.Tensor) -> torch.Tensor:
         t = target.detach().float()
         t = ops.symlog(t) if self.symlog else t
-        return (0.5 * (self.f - t) ** 2).sum(-1)
+        return (self.scale * (self.f - t) ** 2).sum(-1)
 
     def entropy(self) -> torch.Tensor:
         return torch.zeros_like(self.f[..., 0])
@@ -211,13 +212,13 @@ class ImageMSE:
     """Image decoder output ``mean[..., H, W, C]`` in [0, 1]; loss = squared error summed over pixels against x/255."""
 
     def __init__(self, mean: torch.Tensor):
-        self.mean = mean
+        self.mean = mean.float()  # the loss is fp32 whatever the decoder computed in
 
     def pred(self) -> torch.Tensor:
         return self.mean
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        t = target.detach().to(self.mean.dtype) * (1.0 / 255.0)
+        t = target.detach().float() * (1.0 / 255.0)
         return ((self.mean - t) ** 2).sum((-3, -2, -1))
 
     def entropy(self) -> torch.Tensor:

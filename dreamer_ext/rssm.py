@@ -122,12 +122,12 @@ class RSSM(nn.Module):
         x = torch.cat([h.reshape(B, g, -1), x.unsqueeze(1).expand(B, g, x.shape[-1])], -1).reshape(B, -1)
         for d in self.dyn:
             x = F.silu(d["norm"](d["lin"](x)))
-        gates = self.gru(x).reshape(B, g, 3, -1)                    # per block: r, c, u
+        gates = self.gru(x).float().reshape(B, g, 3, -1)            # per block: r, c, u (gate math and h in fp32)
         r, c, u = gates.unbind(2)
         r = torch.sigmoid(r)
         c = torch.tanh(r * c)
         u = torch.sigmoid(u - 1.0)
-        hg = h.reshape(B, g, -1)
+        hg = h.float().reshape(B, g, -1)
         return (u * c + (1.0 - u) * hg).reshape(B, self.deter)
 
     def prior_logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -319,7 +319,8 @@ def print_banner(run: Run) -> None:
     cfg, spec = run.cfg, run.envs.spec
     B, T = cfg.batch_size, cfg.batch_length
     print(f"logdir: {cfg.logdir}", flush=True)
-    print(f"device: {run.device} (torch threads: {torch.get_num_threads()})", flush=True)
+    print(f"device: {run.device} (torch threads: {torch.get_num_threads()}; compute "
+          f"{'bf16' if run.agent.compute_dtype == torch.bfloat16 else 'fp32'}, --precision={cfg.precision})", flush=True)
     print(f"backend: {ops.get_backend()}", flush=True)
     print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={cfg.num_envs}",
           flush=True)

@@ -58,6 +58,7 @@ class WorldModel(nn.Module):
         for key in self.vector_keys:
             decoders[key] = VectorDecoder(F_, spec.obs[key][0][0], dc.mlp_units, dc.mlp_layers, norm)
         self.decoders = nn.ModuleDict(decoders)
+        self.vector_scale = 0.5 if dc.vector_half else 1.0  # V2: (f − symlog y)²; the notes: ½ of that
         hc = config.heads
         self.reward_mlp = MLP(F_, hc.units, hc.reward_layers, norm)
         self.reward_out = out_linear(self.reward_mlp.out_dim, hc.num_bins, init="zeros")
@@ -87,7 +88,7 @@ class WorldModel(nn.Module):
         for key, dec in self.decoders.items():
             y = dec(flat)
             y = y.reshape(*lead, *y.shape[1:])
-            out[key] = ImageMSE(y) if key in self.image_keys else MSE(y, symlog=True)
+            out[key] = ImageMSE(y) if key in self.image_keys else MSE(y, symlog=True, scale=self.vector_scale)
         return out
 
     def reward(self, feat: torch.Tensor) -> TwoHot:

@@ -18,7 +18,8 @@ def test_defaults_match_spec():
     assert c.actor.entropy == 3e-4 and c.batch_size == 16 and c.batch_length == 64 and c.train_ratio == 256
     # V2 defaults (issue 9), each with its switch
     assert c.actor.unimix == 0.0 and c.imag.contdisc is True and c.loss.repval == 0.3 and c.critic.repval_grad
-    assert c.eval_policy == "sample"
+    assert c.eval_policy == "sample" and c.init == "v2" and c.decoder.bspace == 8 and not c.decoder.vector_half
+    assert c.precision == "auto"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -114,7 +114,9 @@ def test_bounded_normal():
 def test_mse_symlog_and_image_mse():
     d = MSE(torch.tensor([[ops.symlog(torch.tensor(10.0)).item(), 0.0]]))
     torch.testing.assert_close(d.loss(torch.tensor([[10.0, 0.0]])), torch.zeros(1), atol=1e-6, rtol=0)
-    torch.testing.assert_close(d.loss(torch.tensor([[10.0, 2.0]])), 0.5 * ops.symlog(torch.tensor([2.0])) ** 2)
+    torch.testing.assert_close(d.loss(torch.tensor([[10.0, 2.0]])), ops.symlog(torch.tensor([2.0])) ** 2)  # V2
+    half = MSE(d.f, scale=0.5)  # the notes' switch (decoder.vector_half)
+    torch.testing.assert_close(half.loss(torch.tensor([[10.0, 2.0]])), 0.5 * ops.symlog(torch.tensor([2.0])) ** 2)
     img = torch.full((1, 64, 64, 3), 255, dtype=torch.uint8)
     loss = ImageMSE(torch.full((1, 64, 64, 3), 0.5)).loss(img)
     torch.testing.assert_close(loss, torch.tensor([0.25 * 64 * 64 * 3]))

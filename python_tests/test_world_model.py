@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from dreamer_ext import ops
 from dreamer_ext.losses import total_loss
 from dreamer_ext.objectives import DreamerObjective, Objective, make_objective
 from dreamer_ext.world_model import WorldModel, shift_actions
@@ -101,3 +102,15 @@ def test_continue_target(contdisc):
     target = (1.0 - batch["is_terminal"].float()) * (0.9 if contdisc else 1.0)
     want = torch.nn.functional.binary_cross_entropy_with_logits(torch.full((2, 5), logit), target, reduction="none")
     torch.testing.assert_close(terms["con"], want)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_vector_decoder_loss_scale_switch(half):
+    torch.manual_seed(0)
+    cfg = tiny_config(decoder={"vector_half": half})
+    wm = WorldModel(cfg, vector_spec())
+    feat = torch.randn(2, 3, wm.rssm.feat_dim)
+    y = torch.randn(2, 3, 5) * 4
+    f = wm.decoders["vector"](feat.reshape(-1, feat.shape[-1])).reshape(2, 3, 5)
+    want = ((f - ops.symlog(y)) ** 2).sum(-1) * (0.5 if half else 1.0)
+    torch.testing.assert_close(wm.decode(feat)["vector"].loss(y), want)
