@@ -8,6 +8,11 @@
 #include <string>
 
 #include "common/kernels.h"
+#if defined(DX_EMU)
+#include "common/dx_math.h"
+#include "emu/selftest.h"
+#include "emu/simt.h"
+#endif
 
 #ifndef DX_MODULE_NAME
 #define DX_MODULE_NAME _C
@@ -29,6 +34,18 @@ namespace {
 
 template <typename T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+// Which clone of the multi-versioned float loops (csrc/cpu/parallel.h) this CPU runs.
+std::string cpu_kernel_level() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DX_NO_MULTIVERSION)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
+  return "x86-64 baseline (SSE2)";
+#else
+  return "single version (no function multi-versioning on this compiler/architecture)";
+#endif
+}
+
 // Calls f.template operator()<T>() for the dtype code.
 template <typename F> void with_dtype(int dtype, F&& f) {
   switch (DType(dtype)) {
@@ -45,10 +62,22 @@ template <typename F> void with_dtype(int dtype, F&& f) {
 #define DX_RUN(fn, T, params, cuda, exec) ((cuda) ? no_cuda() : dx::cpu::fn<T>(params, exec))
 #endif
 
-Exec exec_of(int nthreads, uintptr_t stream) { Exec e; e.nthreads = nthreads; e.stream = stream; return e; }
+// device: the CUDA device index of the tensors (made current around the launch), -1 for CPU calls.
+Exec exec_of(bool cuda, int nthreads, uintptr_t stream, int device) {
+  if (cuda && device < 0)
+    throw std::invalid_argument("device: a CUDA call needs the tensors' device index (>= 0), got " + std::to_string(device));
+  if (!cuda && device != -1)
+    throw std::invalid_argument("device: a CPU call takes device -1, got " + std::to_string(device));
+  Exec e;
+  e.nthreads = nthreads;
+  e.stream = stream;
+  e.device = device;
+  return e;
+}
 
-void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-  const Exec e = exec_of(nthreads, stream);
+void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads, uintptr_t stream,
+           int device) {
+  const Exec e = exec_of(cuda, nthreads, stream, device);
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const dx::UnaryParams<T> p{ptr<const T>(x), ptr<T>(y), n};
@@ -92,30 +121,33 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     d["emulated_cuda"] = true;
 #endif
     d["compiler"] = __VERSION__;
+    d["cpu_kernels"] = cpu_kernel_level();
     return d;
   });
 
   for (const bool log : {true, false}) {
     m.def(log ? "symlog" : "symexp", [log](uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, int nthreads,
-                                            uintptr_t stream) { unary(log, x, y, n, dtype, cuda, nthreads, stream); },
+                                            uintptr_t stream, int device) {
+            unary(log, x, y, n, dtype, cuda, nthreads, stream, device);
+          },
           py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"),
-          py::arg("stream"), nogil);
+          py::arg("stream"), py::arg("device"), nogil);
   }
 
   m.def("twohot", [](uintptr_t x, uintptr_t bins, uintptr_t out, int64_t n, int64_t K, int dtype, bool cuda,
-                     int nthreads, uintptr_t stream) {
-    const Exec e = exec_of(nthreads, stream);
+                     int nthreads, uintptr_t stream, int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
     with_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const dx::TwohotParams<T> p{ptr<const T>(x), ptr<const T>(bins), ptr<T>(out), n, K};
       DX_RUN(twohot_fwd, T, p, cuda, e);
     });
   }, py::arg("x"), py::arg("bins"), py::arg("out"), py::arg("n"), py::arg("K"), py::arg("dtype"), py::arg("cuda"),
-     py::arg("nthreads"), py::arg("stream"), nogil);
+     py::arg("nthreads"), py::arg("stream"), py::arg("device"), nogil);
 
   m.def("twohot_ce_fwd", [](uintptr_t logits, uintptr_t target, uintptr_t bins, uintptr_t loss, uintptr_t lse, int64_t n,
-                            int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-    const Exec e = exec_of(nthreads, stream);
+                            int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream, int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
     with_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const dx::TwohotCEParams<T> p{ptr<const T>(logits), ptr<const T>(target), ptr<const T>(bins), ptr<T>(loss),
@@ -123,11 +155,12 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
       DX_RUN(twohot_ce_fwd, T, p, cuda, e);
     });
   }, py::arg("logits"), py::arg("target"), py::arg("bins"), py::arg("loss"), py::arg("lse"), py::arg("n"), py::arg("K"),
-     py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+     py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), py::arg("device"), nogil);
 
   m.def("twohot_ce_bwd", [](uintptr_t grad, uintptr_t logits, uintptr_t target, uintptr_t bins, uintptr_t lse,
-                            uintptr_t grad_logits, int64_t n, int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-    const Exec e = exec_of(nthreads, stream);
+                            uintptr_t grad_logits, int64_t n, int64_t K, int dtype, bool cuda, int nthreads, uintptr_t stream,
+                            int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
     with_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const dx::TwohotCEBwdParams<T> p{ptr<const T>(grad), ptr<const T>(logits), ptr<const T>(target),
@@ -135,11 +168,12 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
       DX_RUN(twohot_ce_bwd, T, p, cuda, e);
     });
   }, py::arg("grad"), py::arg("logits"), py::arg("target"), py::arg("bins"), py::arg("lse"), py::arg("grad_logits"),
-     py::arg("n"), py::arg("K"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+     py::arg("n"), py::arg("K"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
+     py::arg("device"), nogil);
 
   m.def("lambda_return", [](uintptr_t reward, uintptr_t cont, uintptr_t value, uintptr_t out, int64_t steps, int64_t m_,
-                            double gamma, double lam, int dtype, bool cuda, int nthreads, uintptr_t stream) {
-    const Exec e = exec_of(nthreads, stream);
+                            double gamma, double lam, int dtype, bool cuda, int nthreads, uintptr_t stream, int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
     with_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       const dx::LambdaReturnParams<T> p{ptr<const T>(reward), ptr<const T>(cont), ptr<const T>(value), ptr<T>(out),
@@ -147,5 +181,34 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
       DX_RUN(lambda_return_fwd, T, p, cuda, e);
     });
   }, py::arg("reward"), py::arg("cont"), py::arg("value"), py::arg("out"), py::arg("steps"), py::arg("m"),
-     py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), nogil);
+     py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
+     py::arg("device"), nogil);
+
+#if defined(DX_EMU)
+  // ---- emulation-only: the emulated current device, and the primitives' test kernels ----
+  m.def("emulated_devices", [] { return dx_emu::kEmulatedDevices; }, "How many CUDA devices the emulation pretends to have.");
+  m.def("current_device", [] { int d = -1; cudaGetDevice(&d); return d; }, "The calling thread's emulated current device.");
+  m.def("set_device", [](int d) {
+    if (cudaSetDevice(d) != cudaSuccess) throw std::invalid_argument("device " + std::to_string(d) + ": no such emulated device");
+  }, py::arg("device"));
+  m.def("bin_searches", [] { return dx_emu::g_bin_searches.load(); },
+        "How many two-hot bin searches the emulated kernels have done so far (all threads).");
+  m.def("last_launch_device", [] { return dx_emu::tl_last_launch_device; },
+        "The device that was current for the calling thread's last emulated launch (-1 before any).");
+  m.def("selftest_block_sum", [](uintptr_t x, int64_t n, uintptr_t out) {
+    dx::selftest::block_sum(ptr<const float>(x), n, ptr<float>(out));
+  }, py::arg("x"), py::arg("n"), py::arg("out"), nogil);
+  m.def("selftest_warp_down_sum", [](uintptr_t x, int64_t n, int width, uintptr_t out) {
+    dx::selftest::warp_down_sum(ptr<const float>(x), n, width, ptr<float>(out));
+  }, py::arg("x"), py::arg("n"), py::arg("width"), py::arg("out"), nogil);
+  m.def("selftest_warp_broadcast", [](uintptr_t x, int64_t n, int src, int width, uintptr_t out) {
+    dx::selftest::warp_broadcast(ptr<const double>(x), n, src, width, ptr<double>(out));
+  }, py::arg("x"), py::arg("n"), py::arg("src"), py::arg("width"), py::arg("out"), nogil);
+  m.def("selftest_warp_xor", [](uintptr_t x, int64_t n, int mask, int width, uintptr_t out) {
+    dx::selftest::warp_xor(ptr<const int64_t>(x), n, mask, width, ptr<int64_t>(out));
+  }, py::arg("x"), py::arg("n"), py::arg("mask"), py::arg("width"), py::arg("out"), nogil);
+  m.def("selftest_histogram", [](uintptr_t bucket, int64_t n, uintptr_t counts) {
+    dx::selftest::histogram(ptr<const int32_t>(bucket), n, ptr<int32_t>(counts));
+  }, py::arg("bucket"), py::arg("n"), py::arg("counts"), nogil);
+#endif
 }

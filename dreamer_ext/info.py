@@ -23,6 +23,7 @@ def collect() -> dict:
         "nvcc": build.get("cuda_compiler", "-"),
         "openmp": build.get("openmp"),
         "compiler": build.get("compiler"),
+        "cpu_kernels": build.get("cpu_kernels", "-"),
         "gpu_visible": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-",
         "backend": ops.get_backend(),

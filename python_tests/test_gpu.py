@@ -1,15 +1,18 @@
 """Real-GPU checks (marked ``gpu``; they run whenever a CUDA device is visible).
 
 The CUDA paths of the op-vs-reference sweeps live in test_ops.py (its DEVICES include "cuda" when
-available); here: repeat-and-compare for races, a non-default stream, and large sizes.
+available); here: repeat-and-compare for races, inputs that become ready on a side stream only after a
+delay, CUDA graph capture, large sizes, and a second device.
 """
+import os
+
 import pytest
 import torch
 
 from dreamer_ext import _C, ops
 from dreamer_ext.ops import reference as ref
 
-from test_ops import rel_close
+from test_ops import _replayable_global_rng, rel_close  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.gpu
 
@@ -40,14 +43,52 @@ def test_repeat_calls_are_bitwise_equal():
             assert torch.equal(a, b)
 
 
-def test_side_stream_matches_default_stream():
+def test_ops_run_on_the_current_stream():
+    """Inputs are written on a side stream only after a long GPU sleep there, and the ops run on that stream.
+
+    A kernel launched on any other stream would not wait for the sleep and would read the NaN the buffers
+    held before, so its result would differ. (``bins`` is validated and cached by the first call: the
+    check syncs, and a sync inside the side-stream block would hide a wrong stream.)
+    """
+    if os.environ.get("CUDA_LAUNCH_BLOCKING") == "1":
+        pytest.skip("CUDA_LAUNCH_BLOCKING=1 makes every launch synchronous, so a wrong stream cannot show")
     args = _inputs()
     expected = _all_ops(*args)
+    x, logits, bins, r, c, v = args
+    bufs = [torch.full_like(t, float("nan")) for t in (x, logits, r, c, v)]
+    torch.cuda.synchronize()
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        got = _all_ops(*args)
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of spinning on the side stream
+        for buf, src in zip(bufs, (x, logits, r, c, v)):
+            buf.copy_(src, non_blocking=True)
+        bx, blogits, br, bc, bv = bufs
+        got = _all_ops(bx, blogits, bins, br, bc, bv)
     torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b)
+
+
+def test_ops_capture_in_a_cuda_graph():
+    """Every op captures into a CUDA graph (a launch on another stream would break the capture) and the
+    replay gives the eager results bitwise."""
+    if os.environ.get("CUDA_LAUNCH_BLOCKING") == "1":
+        pytest.skip("stream capture and CUDA_LAUNCH_BLOCKING=1 do not mix")
+    args = _inputs()
+    expected = _all_ops(*args)  # validates bins outside the capture
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            _all_ops(*args)
+    torch.cuda.current_stream().wait_stream(warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = _all_ops(*args)
+    for out in got:
+        out.fill_(float("nan"))
+    graph.replay()
     torch.cuda.synchronize()
     for a, b in zip(expected, got):
         assert torch.equal(a, b)
@@ -69,7 +110,16 @@ def test_gpu_matches_reference_large():
 
 
 def test_second_gpu_device_if_present():
+    """Tensors on cuda:1 run on device 1 while device 0 is current, and device 0 stays current."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    x = torch.randn(1000, device="cuda:1")
-    rel_close(ops.symlog(x), ref.symlog(x.double()), 2e-6)
+    torch.cuda.set_device(0)
+    x, logits, bins, r, c, v = _inputs(B=1000, device="cuda:1")
+    got = _all_ops(x, logits, bins, r, c, v)
+    assert torch.cuda.current_device() == 0
+    want = (ref.symlog(x.double()), ref.symexp(x.double()), ref.twohot(x.double(), bins.double()),
+            ref.twohot_cross_entropy(logits.double(), x.double(), bins.double()),
+            ref.lambda_return(r.double(), c.double(), v.double(), 0.997, 0.95))
+    for a, b, tol in zip(got, want, (2e-6, 2e-6, 2e-6, 2e-5, 1e-5)):
+        assert a.device == torch.device("cuda", 1)
+        rel_close(a, b, tol, atol=1e-5)

@@ -12,6 +12,16 @@
 #define DX_HD inline
 #endif
 
+// The emulated CUDA build (tests) counts bin searches, so a test can check that a kernel searches once
+// per row rather than once per output element. Nothing in the CPU or CUDA builds.
+#if defined(DX_EMU)
+#include <atomic>
+namespace dx_emu { inline std::atomic<int64_t> g_bin_searches{0}; }
+#define DX_COUNT_BIN_SEARCH() ::dx_emu::g_bin_searches.fetch_add(1, std::memory_order_relaxed)
+#else
+#define DX_COUNT_BIN_SEARCH() ((void)0)
+#endif
+
 namespace dx {
 
 // ---------------------------------------------------------------------------------------------
@@ -67,22 +77,35 @@ DX_HD float log1p_pos_poly(float a) {
   return a == INFINITY ? a : r;
 }
 
-// exp(r) for |r| <= ln2/2 (degree-6 Taylor, relative error < 3e-8).
-DX_HD float exp_reduced_poly(float r) {
-  return 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
+// 2 exp(r) for |r| <= ln2/2 + a little (degree-6 Taylor with doubled coefficients, relative error < 3e-8).
+DX_HD float exp2x_reduced_poly(float r) {
+  return 2.0f + r * (2.0f + r * (1.0f + r * (0.33333334f + r * (0.083333336f + r * (0.016666668f + r * 0.0027777778f)))));
 }
 
-// exp(a) for any float a; overflows to +inf above ~88.72, flushes to 0 below ~-87.3, NaN stays NaN.
+// exp(a) for any float a; overflows to +inf above ~88.72, flushes to 0 below about -86.99, NaN stays NaN.
+// About 17 vector operations: n = round(a / ln2) with the 1.5 * 2^23 trick (whose low bits then hold n,
+// so 2^(n-1) is an integer add and a shift away), a two-part reduction, the polynomial, one multiply,
+// and a select for each end (outside [-87, 88.8] the arithmetic before them is garbage, never used; NaN
+// fails both comparisons and stays NaN; clamps instead would cost GCC more: it turns them into selects
+// on the result anyway). 2^(n-1) * 2 exp(r) keeps n = 128 representable; at n = -126, 2^(n-1) has
+// exponent field 0 and reads as 0, hence the flush just above -87.
+DX_HD float exp_core(float a) {
+  const float t = a * 1.44269504f + 12582912.0f;  // 1.5 * 2^23 + n, n in [-126, 128] for a in [-87, 88.8]
+  const float n = t - 12582912.0f;
+  const float r = (a - n * 0.693145752f) - n * 1.42860677e-06f;  // ln2 split hi + lo
+  // bits(t) = 0x4B400000 + n and 0x4B400000 is a multiple of 2^9, so the low 9 bits of bits(t) + 126
+  // are the biased exponent n - 1 + 127 in [0, 254]; the shift drops everything above them.
+  const float scale = bits_to_float((float_to_bits(t) + 126u) << 23);
+  return scale * exp2x_reduced_poly(r);
+}
 DX_HD float exp_poly(float a) {
-  float x = a > 89.0f ? 89.0f : a;
-  x = x < -87.0f ? -87.0f : x;
-  // round to nearest with the 1.5 * 2^23 trick (vectorises without SSE4.1; |x * log2e| < 129)
-  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693145752f) - n * 1.42860677e-06f;
-  const float p = exp_reduced_poly(r);
-  // 2^n as 2^(n-1) * 2 so that n = 128 (finite results just below FLT_MAX) stays representable.
-  const float scale = bits_to_float(uint32_t(int32_t(n) - 1 + 127) << 23);
-  const float y = scale * (2.0f * p);
+  const float y = exp_core(a);
+  const float hi = a > 88.8f ? INFINITY : y;
+  return a < -87.0f ? 0.0f : hi;
+}
+// exp(a) for a <= 0 or NaN (e.g. a logit minus the row's max): exp_poly without the overflow select.
+DX_HD float exp_nonpos_poly(float a) {
+  const float y = exp_core(a);
   return a < -87.0f ? 0.0f : y;
 }
 
@@ -100,14 +123,17 @@ DX_HD float expm1_pos_poly(float a) {
 DX_HD double log1p_pos(double a) { return ::log1p(a); }
 DX_HD double expm1_pos(double a) { return ::expm1(a); }
 DX_HD double exp_(double a) { return ::exp(a); }
+DX_HD double exp_nonpos(double a) { return ::exp(a); }
 #if defined(__CUDA_ARCH__)
 DX_HD float log1p_pos(float a) { return ::log1pf(a); }
 DX_HD float expm1_pos(float a) { return ::expm1f(a); }
 DX_HD float exp_(float a) { return ::expf(a); }
+DX_HD float exp_nonpos(float a) { return ::expf(a); }
 #else
 DX_HD float log1p_pos(float a) { return log1p_pos_poly(a); }
 DX_HD float expm1_pos(float a) { return expm1_pos_poly(a); }
 DX_HD float exp_(float a) { return exp_poly(a); }
+DX_HD float exp_nonpos(float a) { return exp_nonpos_poly(a); }
 #endif
 DX_HD double log_(double a) { return ::log(a); }
 DX_HD float log_(float a) { return ::logf(a); }
@@ -122,13 +148,18 @@ template <typename T> DX_HD T symexp(T x) { return copysign_(expm1_pos(fabs_(x))
 template <typename T> struct TwohotPos { int64_t lo; T w_lo; };
 
 template <typename T> DX_HD TwohotPos<T> twohot_pos(T x, const T* bins, int64_t K) {
-  // lo = (number of bins <= x) - 1, clamped to [0, K-2]; binary search.
-  int64_t a = 0, b = K;  // invariant: bins[0..a) <= x < bins[b..K)
-  while (a < b) {
-    const int64_t mid = (a + b) >> 1;
-    if (bins[mid] <= x) a = mid + 1; else b = mid;
+  // c = number of bins <= x by a branch-free binary search whose trip count depends on K only (no
+  // mispredicted branches on the CPU, no divergence on the GPU): the answer stays in [b, b + len].
+  DX_COUNT_BIN_SEARCH();
+  int64_t b = 0, len = K;
+  while (len > 1) {
+    const int64_t half = len >> 1;
+    b += bins[b + half] <= x ? half : 0;
+    len -= half;
   }
-  int64_t lo = a - 1;
+  const int64_t c = b + (bins[b] <= x ? 1 : 0);  // NaN: every comparison is false, c = 0
+  // lo = c - 1 clamped to [0, K-2]
+  int64_t lo = c - 1;
   lo = lo < 0 ? 0 : lo;
   lo = lo > K - 2 ? K - 2 : lo;
   const T b0 = bins[lo], b1 = bins[lo + 1];
@@ -152,9 +183,12 @@ template <typename T> DX_HD T twohot_dot(const TwohotPos<T>& p, const T* l) {
   return (p.w_lo != T(0) ? p.w_lo * l[p.lo] : T(0)) + (w_hi != T(0) ? w_hi * l[p.lo + 1] : T(0));
 }
 
-// One step of the reverse λ-return recursion.
+// One step of the reverse λ-return recursion, R_t = r_t + gamma c_t ((1 - lam) v_{t+1} + lam R_{t+1}),
+// associated as (r_t + ((1 - lam) gamma c_t) v_{t+1}) + (gamma c_t lam) R_{t+1}: the order in which the
+// reference (dreamer_ext/ops/reference.py) rounds, so float64 results agree to the last bits.
 template <typename T> DX_HD T lambda_step(T reward, T cont, T next_value, T next_return, T gamma, T lam) {
-  return reward + gamma * cont * ((T(1) - lam) * next_value + lam * next_return);
+  const T gc = gamma * cont;
+  return (reward + ((T(1) - lam) * gc) * next_value) + (gc * lam) * next_return;
 }
 
 }  // namespace dx

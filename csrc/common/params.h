@@ -33,6 +33,7 @@ template <typename T> struct LambdaReturnParams {  // out[T, M] from reward[T, M
 
 namespace dx {
 // Where a kernel runs: CPU kernels read nthreads (OpenMP team size, from torch.get_num_threads()),
-// CUDA kernels read stream (a cudaStream_t passed through Python as an integer).
-struct Exec { int nthreads = 1; uintptr_t stream = 0; };
+// CUDA kernels read stream (a cudaStream_t passed through Python as an integer) and device (the
+// tensors' CUDA device index, made current around the launch; -1 for CPU calls).
+struct Exec { int nthreads = 1; uintptr_t stream = 0; int device = -1; };
 }  // namespace dx

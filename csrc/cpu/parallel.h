@@ -33,10 +33,11 @@ template <typename F> void parallel_for(int64_t n, int64_t grain, int nthreads, 
 
 }}  // namespace dx::cpu
 
-// Float hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and the baseline, and the loader
-// picks one per machine (GCC/Clang function multi-versioning). Elsewhere: a single version.
+// Float hot loops are compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the
+// baseline, and the loader picks one per machine (GCC function multi-versioning). Elsewhere: a single
+// version.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DX_NO_MULTIVERSION)
-#define DX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DX_MULTIVERSION
 #endif

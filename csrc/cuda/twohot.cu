@@ -1,4 +1,5 @@
-// Dense two-hot encoding on the GPU: one thread per output element, coalesced row writes
+// Dense two-hot encoding on the GPU: one warp per row. Lane 0 finds the row's two bins once and the
+// warp shares them by shuffle; the lanes then write the row with coalesced stores
 // (CPU twin: csrc/cpu/twohot.cpp).
 #include "launch.h"
 #include "../common/dx_math.h"
@@ -7,19 +8,25 @@
 namespace dx { namespace cuda {
 
 namespace {
+constexpr int kRowsPerBlock = 8;
+
 template <typename T> __global__ void twohot_kernel(TwohotParams<T> p) {
-  const int64_t total = p.n * p.K;
-  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-    const int64_t i = idx / p.K;
-    const TwohotPos<T> pos = twohot_pos(p.x[i], p.bins, p.K);
-    p.out[idx] = twohot_weight(pos, idx - i * p.K);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
+  // row is the same for every lane of a warp, so whole warps enter and leave the loop together
+  for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; row < p.n; row += stride) {
+    TwohotPos<T> pos{0, T(0)};
+    if (lane == 0) pos = twohot_pos(p.x[row], p.bins, p.K);
+    pos.lo = __shfl_sync(0xffffffffu, pos.lo, 0);
+    pos.w_lo = __shfl_sync(0xffffffffu, pos.w_lo, 0);
+    T* out = p.out + row * p.K;
+    for (int64_t k = lane; k < p.K; k += kWarp) out[k] = twohot_weight(pos, k);
   }
 }
 }  // namespace
 
 template <typename T> void twohot_fwd(const TwohotParams<T>& p, const Exec& e) {
-  launch_1d(twohot_kernel<T>, p, p.n * p.K, 256, e, "twohot");
+  launch_rows(twohot_kernel<T>, p, p.n, kRowsPerBlock, e, "twohot");
 }
 
 template void twohot_fwd<float>(const TwohotParams<float>&, const Exec&);

@@ -34,6 +34,7 @@ OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return
 _BACKENDS = ("kernels", "reference")
 _NATIVE = (torch.float32, torch.float64)
 _UPCAST = (torch.float16, torch.bfloat16)
+_FLOATS = frozenset(_NATIVE + _UPCAST)
 
 _kernel_module = None    # dreamer_ext.ops._kernels once loaded
 _kernels_error = None    # why it could not be loaded
@@ -140,14 +141,16 @@ def _check_bins(bins, x_name: str, x: torch.Tensor, dtype: torch.dtype) -> torch
 
 # ---- public ops --------------------------------------------------------------------------------------
 def _eager_direct(*tensors) -> bool:
-    """True when the dispatcher would add nothing: eager mode and no input needs a gradient.
+    """True when the dispatcher would add nothing: eager mode and no gradient to record (grad mode off,
+    or no input needs one).
 
     Then the impl registered for the op is called directly, saving the dispatcher and autograd
     round trip (several microseconds, which matters for the small tensors of acting).
     """
-    for t in tensors:
-        if t.requires_grad:
-            return False
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t.requires_grad:
+                return False
     return not torch.compiler.is_compiling()
 
 
@@ -224,27 +227,57 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
     ``R_t = reward_t + gamma * cont_t * ((1 - lam) * value_{t+1} + lam * R_{t+1})``, ``R_T = value_T``.
     No gradient flows (the result is a regression target).
     """
-    for name, t in (("reward", reward), ("cont", cont), ("value", value)):
-        _check_tensor(name, t)
-        _check_same_device("reward", reward, name, t)
-    if reward.dim() < 1:
-        raise ValueError(f"reward must be time-major with at least 1 dim [T, ...], got shape {tuple(reward.shape)}")
-    if cont.shape != reward.shape:
-        raise ValueError(f"cont must have the shape of reward {tuple(reward.shape)}, got {tuple(cont.shape)}")
-    want = (reward.shape[0] + 1, *reward.shape[1:])
-    if tuple(value.shape) != want:
-        raise ValueError(f"value must have shape {want} ([T+1, ...] for reward [T, ...]), got {tuple(value.shape)}")
-    for name, v in (("gamma", gamma), ("lam", lam)):
-        if isinstance(v, torch.Tensor) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
+    # Ordered so the common call (three float tensors of one dtype on one device, plain floats) reads each
+    # tensor attribute once: at (15, 1024) the kernel takes a few microseconds, so the checks must not.
+    if not (type(reward) is torch.Tensor and type(cont) is torch.Tensor and type(value) is torch.Tensor):
+        _check_tensor("reward", reward)
+        _check_tensor("cont", cont)
+        _check_tensor("value", value)
+    rd, cd, vd = reward.dtype, cont.dtype, value.dtype
+    if rd not in _FLOATS or cd not in _FLOATS or vd not in _FLOATS:
+        _check_tensor("reward", reward)
+        _check_tensor("cont", cont)
+        _check_tensor("value", value)
+    dev = reward.device
+    if cont.device != dev:
+        _check_same_device("reward", reward, "cont", cont)
+    if value.device != dev:
+        _check_same_device("reward", reward, "value", value)
+    shape = reward.shape
+    nd = len(shape)
+    if nd < 1:
+        raise ValueError(f"reward must be time-major with at least 1 dim [T, ...], got shape {tuple(shape)}")
+    if cont.shape != shape:
+        raise ValueError(f"cont must have the shape of reward {tuple(shape)}, got {tuple(cont.shape)}")
+    vshape = value.shape  # compared entry by entry: slicing a torch.Size costs more than this whole check
+    ok = len(vshape) == nd and vshape[0] == shape[0] + 1
+    for i in range(1, nd if ok else 1):
+        if vshape[i] != shape[i]:
+            ok = False
+            break
+    if not ok:
+        want = (shape[0] + 1, *shape[1:])
+        raise ValueError(f"value must have shape {want} ([T+1, ...] for reward [T, ...]), got {tuple(vshape)}")
+    if type(gamma) is not float and (isinstance(gamma, torch.Tensor) or not isinstance(gamma, (int, float))):
+        raise TypeError(f"gamma must be a Python float, got {type(gamma).__name__}")
+    if type(lam) is not float and (isinstance(lam, torch.Tensor) or not isinstance(lam, (int, float))):
+        raise TypeError(f"lam must be a Python float, got {type(lam).__name__}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    reward, cont, value = reward.detach(), cont.detach(), value.detach()
     # the result has the promoted dtype of the three inputs on both backends
-    out_dt = torch.promote_types(torch.promote_types(reward.dtype, cont.dtype), value.dtype)
+    out_dt = rd if (rd == cd and rd == vd) else torch.promote_types(torch.promote_types(rd, cd), vd)
     if _backend == "reference":
-        return reference.lambda_return(reward.to(out_dt), cont.to(out_dt), value.to(out_dt), gamma, lam)
+        return reference.lambda_return(reward.detach().to(out_dt), cont.detach().to(out_dt), value.detach().to(out_dt),
+                                       gamma, lam)
     dt = torch.float32 if out_dt in _UPCAST else out_dt
-    args = (reward.to(dt), cont.to(dt), value.to(dt), float(gamma), float(lam))
-    out = _kernel_module._lambda_return_impl(*args) if _eager_direct() else torch.ops.dreamer_ext.lambda_return(*args)
-    return out.to(out_dt)
+    if rd != dt:
+        reward = reward.to(dt)
+    if cd != dt:
+        cont = cont.to(dt)
+    if vd != dt:
+        value = value.to(dt)
+    if torch.compiler.is_compiling():
+        out = torch.ops.dreamer_ext.lambda_return(reward.detach(), cont.detach(), value.detach(), float(gamma), float(lam))
+    else:  # eager: straight to the launch (the kernel reads raw memory, so no autograd to detach from)
+        out = _kernel_module._lambda_return_run(reward, cont, value, gamma, lam)
+    return out if out.dtype == out_dt else out.to(out_dt)

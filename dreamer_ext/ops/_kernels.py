@@ -8,8 +8,6 @@ differentiable ones have autograd formulas registered the torch.library way.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from .. import _C
@@ -26,15 +24,19 @@ lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma,
 
 
 def _launch(t: torch.Tensor, emulate: bool) -> tuple:
-    """(dtype code, use the CUDA kernel, nthreads, stream) for a kernel call on ``t``'s device.
+    """(dtype code, use the CUDA kernel, nthreads, stream, device index) for a kernel call on ``t``'s device.
 
-    ``emulate`` (tests only): run the CUDA kernel's source on CPU memory through ``dreamer_ext._emu``.
+    The device index goes down to the C++ launch, which makes that device current around the launch (and
+    restores the caller's), so a tensor on ``cuda:1`` never launches on device 0. CPU calls pass -1.
+    ``emulate`` (tests only): run the CUDA kernel's source on CPU memory through ``dreamer_ext._emu``
+    (emulated device 0).
     """
     if emulate:
-        return _DTYPE_CODE[t.dtype], True, 1, 0
+        return _DTYPE_CODE[t.dtype], True, 1, 0, 0
     if t.is_cuda:
-        return _DTYPE_CODE[t.dtype], True, 1, torch.cuda.current_stream(t.device).cuda_stream
-    return _DTYPE_CODE[t.dtype], False, torch.get_num_threads(), 0
+        dev = t.device
+        return _DTYPE_CODE[t.dtype], True, 1, torch.cuda.current_stream(dev).cuda_stream, dev.index
+    return _DTYPE_CODE[t.dtype], False, torch.get_num_threads(), 0, -1
 
 
 def _same_device(*tensors: torch.Tensor) -> None:
@@ -46,22 +48,16 @@ def _same_device(*tensors: torch.Tensor) -> None:
             raise ValueError(f"dreamer_ext kernels need all tensors on one device, got {dev} and {t.device}")
 
 
-def _on_device(t: torch.Tensor):
-    """Context that makes ``t``'s GPU current for the call (nothing on CPU)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 # ---- symlog / symexp ----------------------------------------------------------------------------
 # Each impl takes the kernel module as ``mod`` (dreamer_ext._C, or dreamer_ext._emu in the emulation
 # tests, with ``emulate=True``); torch.library calls them with the defaults.
 def _unary(fn, x: torch.Tensor, emulate: bool) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
-    if x.is_cuda:
-        with torch.cuda.device(x.device):
-            fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x, emulate))
-    else:  # the hot path for small CPU tensors: no context manager, no tuple unpacking
-        fn(x.data_ptr(), y.data_ptr(), x.numel(), _DTYPE_CODE[x.dtype], emulate, 1 if emulate else torch.get_num_threads(), 0)
+    if x.is_cuda or emulate:
+        fn(x.data_ptr(), y.data_ptr(), x.numel(), *_launch(x, emulate))
+    else:  # the hot path for small CPU tensors: no tuple building
+        fn(x.data_ptr(), y.data_ptr(), x.numel(), _DTYPE_CODE[x.dtype], False, torch.get_num_threads(), 0, -1)
     return y
 
 
@@ -79,8 +75,7 @@ def _twohot_impl(x, bins, mod=_C, emulate=False):
     x, bins = x.contiguous(), bins.contiguous()
     K = bins.shape[0]
     out = torch.empty(*x.shape, K, dtype=x.dtype, device=x.device)
-    with _on_device(x):
-        mod.twohot(x.data_ptr(), bins.data_ptr(), out.data_ptr(), x.numel(), K, *_launch(x, emulate))
+    mod.twohot(x.data_ptr(), bins.data_ptr(), out.data_ptr(), x.numel(), K, *_launch(x, emulate))
     return out
 
 
@@ -91,9 +86,8 @@ def _twohot_ce_fwd_impl(logits, target, bins, mod=_C, emulate=False):
     K = bins.shape[0]
     loss = torch.empty(target.shape, dtype=logits.dtype, device=logits.device)
     lse = torch.empty_like(loss)
-    with _on_device(logits):
-        mod.twohot_ce_fwd(logits.data_ptr(), target.data_ptr(), bins.data_ptr(), loss.data_ptr(), lse.data_ptr(),
-                          target.numel(), K, *_launch(logits, emulate))
+    mod.twohot_ce_fwd(logits.data_ptr(), target.data_ptr(), bins.data_ptr(), loss.data_ptr(), lse.data_ptr(),
+                      target.numel(), K, *_launch(logits, emulate))
     return loss, lse
 
 
@@ -102,23 +96,37 @@ def _twohot_ce_bwd_impl(grad, logits, target, bins, lse, mod=_C, emulate=False):
     grad, logits, target = grad.contiguous(), logits.contiguous(), target.contiguous()
     bins, lse = bins.contiguous(), lse.contiguous()
     out = torch.empty_like(logits)
-    with _on_device(logits):
-        mod.twohot_ce_bwd(grad.data_ptr(), logits.data_ptr(), target.data_ptr(), bins.data_ptr(), lse.data_ptr(),
-                          out.data_ptr(), target.numel(), bins.shape[0], *_launch(logits, emulate))
+    mod.twohot_ce_bwd(grad.data_ptr(), logits.data_ptr(), target.data_ptr(), bins.data_ptr(), lse.data_ptr(),
+                      out.data_ptr(), target.numel(), bins.shape[0], *_launch(logits, emulate))
     return out
 
 
 # ---- λ-return ----------------------------------------------------------------------------------------
-def _lambda_return_impl(reward, cont, value, gamma, lam, mod=_C, emulate=False):
-    _same_device(reward, cont, value)
-    reward, cont, value = reward.contiguous(), cont.contiguous(), value.contiguous()
+def _lambda_return_run(reward, cont, value, gamma, lam, mod=_C, emulate=False):
+    """The λ-return launch for inputs already checked to share a device and dtype (dreamer_ext.ops calls
+    this directly in eager mode: at (15, 1024) the whole call is a few microseconds, so every Python step
+    counts)."""
+    if not reward.is_contiguous():
+        reward = reward.contiguous()
+    if not cont.is_contiguous():
+        cont = cont.contiguous()
+    if not value.is_contiguous():
+        value = value.contiguous()
     out = torch.empty_like(reward)
     steps = reward.shape[0]
     m = reward.numel() // steps if steps else 0
-    with _on_device(reward):
-        mod.lambda_return(reward.data_ptr(), cont.data_ptr(), value.data_ptr(), out.data_ptr(), steps, m,
-                          float(gamma), float(lam), *_launch(reward, emulate))
+    if emulate or reward.is_cuda:
+        launch = _launch(reward, emulate)
+    else:
+        launch = (_DTYPE_CODE[reward.dtype], False, torch.get_num_threads(), 0, -1)
+    mod.lambda_return(reward.data_ptr(), cont.data_ptr(), value.data_ptr(), out.data_ptr(), steps, m,
+                      float(gamma), float(lam), *launch)
     return out
+
+
+def _lambda_return_impl(reward, cont, value, gamma, lam, mod=_C, emulate=False):
+    _same_device(reward, cont, value)
+    return _lambda_return_run(reward, cont, value, gamma, lam, mod, emulate)
 
 
 _IMPLS = {
