@@ -1,36 +1,56 @@
-"""Turn a pytest-benchmark JSON from bench/test_ops_bench.py into the ratio table of RESULTS.md.
+"""Turn a pytest-benchmark JSON from bench/test_ops_bench.py into the op ratio table of RESULTS.md.
 
-    python bench/report.py bench/ops.json [--out bench/RESULTS.md] [--command "..."]
+    python bench/report.py bench/ops.json                          # print the section
+    python bench/report.py bench/ops.json --out bench/RESULTS.md   # replace the marked region in place
 
-Ratio = reference median time / kernel median time, both from the same run (higher is better).
+With ``--out`` pointing at an existing file, only the text between the two marker lines
+
+    <!-- ops-table:begin -->
+    <!-- ops-table:end -->
+
+is replaced and everything else in the file is kept; a file without exactly one such pair is left
+untouched and the program exits with an error. A file that does not exist yet is created with the
+markers around the section.
+
+Ratio = reference median time / kernel median time, both from the same run (higher is better). The
+torch version, thread count and device come from the benchmark run itself (bench/test_ops_bench.py
+stores them in each benchmark's extra_info), not from the process running this script.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
-import platform
+import os
 import re
+import sys
 from collections import defaultdict
 
+BEGIN = "<!-- ops-table:begin -->"
+END = "<!-- ops-table:end -->"
+IMPLS = ("kernel", "ref_eager", "ref_compile")
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+
+class ReportError(Exception):
+    """A problem with the inputs that the user must fix (printed without a traceback)."""
+
+
+def _impl_of(bench: dict) -> str:
+    params = bench.get("params") or {}
+    if params.get("impl") in IMPLS:
+        return params["impl"]
+    m = re.search(r"\[(?:.*-)?(kernel|ref_eager|ref_compile)(?:-.*)?\]", bench.get("name", ""))
+    if not m:
+        raise ReportError(f"benchmark {bench.get('name')!r} names no implementation ({', '.join(IMPLS)})")
+    return m.group(1)
 
 
 def table(data: dict) -> str:
     by_group: dict = defaultdict(dict)
-    for b in data["benchmarks"]:
-        impl = re.search(r"\[(?:.*-)?(kernel|ref_eager|ref_compile)(?:-.*)?\]", b["name"]) or re.search(
-            r"(kernel|ref_eager|ref_compile)", b["param"] if b.get("param") else b["name"])
-        by_group[b["group"]][impl.group(1)] = b["stats"]["median"]
+    for b in data.get("benchmarks", []):
+        by_group[b["group"]][_impl_of(b)] = b["stats"]["median"]
+    if not by_group:
+        raise ReportError("the JSON holds no benchmarks")
     lines = ["| op (T, B), K=255 | kernel | ref eager | ref compile | eager / kernel | compile / kernel |",
              "|---|---|---|---|---|---|"]
     for group, t in by_group.items():
@@ -42,27 +62,92 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("json")
-    ap.add_argument("--out", default=None, help="write the markdown section here instead of stdout")
-    ap.add_argument("--command", default="pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json")
-    args = ap.parse_args()
-    with open(args.json) as f:
-        data = json.load(f)
+def _run_info(data: dict) -> dict:
+    """torch version, threads and device of the benchmark run (the first benchmark's extra_info)."""
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        if info:
+            return info
+    return {}
+
+
+def header(data: dict, command: str, date: str, machine: str | None) -> str:
     mi = data.get("machine_info", {})
-    import torch
-    header = (f"Measured {datetime.date.today().isoformat()} with `{args.command}`  \n"
-              f"Machine: {cpu_model()}, {mi.get('cpu', {}).get('count', '?')} logical cores, "
-              f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {mi.get('python_version', '?')}"
-              + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "") + "\n")
-    text = header + "\n" + table(data) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    cpu = mi.get("cpu", {}) or {}
+    info = _run_info(data)
+    if machine is None:
+        machine = f"{cpu.get('brand_raw') or mi.get('processor') or 'unknown CPU'}, {cpu.get('count', '?')} logical cores"
+    torch_part = f"torch {info.get('torch', '?')} ({info.get('threads', '?')} threads)"
+    device = info.get("device_name")
+    kernels = info.get("cpu_kernels")
+    return (f"Measured {date} with `{command}`  \n"
+            f"Machine: {machine}, {torch_part}, Python {mi.get('python_version', '?')}"
+            + (f", GPU {device}" if device else "") + (f"; CPU kernels: {kernels} clone" if kernels else "") + "\n")
+
+
+def section(data: dict, command: str, date: str, machine: str | None = None) -> str:
+    return header(data, command, date, machine) + "\n" + table(data) + "\n"
+
+
+def replace_region(text: str, body: str, path: str = "the file") -> str:
+    """``text`` with the lines between the BEGIN and END marker lines replaced by ``body``."""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if not begins or not ends:
+        raise ReportError(f"{path} has no {BEGIN} ... {END} marker lines around the op table; add them (each on a "
+                          "line of its own) around the part to replace, or write to a new file")
+    if len(begins) > 1 or len(ends) > 1:
+        raise ReportError(f"{path} has {len(begins)} {BEGIN} and {len(ends)} {END} lines; it needs exactly one of each")
+    b, e = begins[0], ends[0]
+    if e < b:
+        raise ReportError(f"in {path}, {END} comes before {BEGIN}")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    return "".join(lines[:b + 1]) + body + "".join(lines[e:])
+
+
+def write_out(path: str, body: str) -> None:
+    """Replaces the marked region of ``path`` with ``body``, or creates ``path`` holding the markers and ``body``."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = replace_region(text, body, path)
     else:
-        print(text)
+        new = replace_region(f"{BEGIN}\n{END}\n", body, path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", help="pytest-benchmark JSON written by --benchmark-json")
+    ap.add_argument("--out", default=None,
+                    help="replace the marked op-table region of this file (created if missing) instead of printing")
+    ap.add_argument("--command", default="pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json",
+                    help="the benchmark command to state in the header")
+    ap.add_argument("--date", default=datetime.date.today().isoformat(), help="date to state (default: today)")
+    ap.add_argument("--machine", default=None,
+                    help="machine description to state (default: the CPU model and core count in the JSON)")
+    args = ap.parse_args(argv)
+    try:
+        try:
+            with open(args.json, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReportError(f"cannot read benchmark JSON {args.json}: {e}") from None
+        body = section(data, args.command, args.date, args.machine)
+        if args.out:
+            write_out(args.out, body)
+        else:
+            sys.stdout.write(body)
+    except ReportError as e:
+        print(f"report.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,16 +1,22 @@
 """Each op against its pure-PyTorch reference, eager and under torch.compile, in one run.
 
-Sizes are time-major (T, B) with K = 255 bins; N = T*B elements. The ratio table in RESULTS.md is
-made from this run's JSON by bench/report.py (reference time / kernel time, same process).
+Sizes are time-major (T, B) with K = 255 bins; N = T*B elements. The references
+(dreamer_ext/ops/reference.py) are the fastest plain-PyTorch formulations we know, so "eager / kernel"
+is the gain over what a careful PyTorch user would write. Differentiable ops are timed forward only and
+forward + backward. The ratio table in RESULTS.md is made from this run's JSON by bench/report.py
+(reference time / kernel time, same process):
 
-    pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json && python bench/report.py bench/ops.json
+    pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json
+    python bench/report.py bench/ops.json --out bench/RESULTS.md    # replaces only the marked op table
+
+Options (bench/conftest.py): --bench-device cpu|cuda, --no-compile, --threads N.
 """
 import functools
 
 import pytest
 import torch
 
-from dreamer_ext import ops
+from dreamer_ext import _C, ops
 from dreamer_ext.ops import reference as ref
 
 SIZES = [(15, 1024), (64, 16), (15, 16384), (64, 1024)]
@@ -45,6 +51,9 @@ def _run(benchmark, group, fn, device, *args):
         return out
     call()  # warm-up (and compile)
     benchmark.group = group
+    benchmark.extra_info.update(torch=torch.__version__, threads=torch.get_num_threads(), device=device,
+                                device_name=torch.cuda.get_device_name(0) if device == "cuda" else None,
+                                cpu_kernels=_C.build_info().get("cpu_kernels"))
     benchmark.pedantic(call, rounds=15 if device == "cpu" else 100, iterations=3, warmup_rounds=2)
 
 
@@ -53,6 +62,16 @@ def _inputs(size, device):
     T, B = size
     x = (torch.randn(T, B, generator=g) * 10).to(device)
     return x
+
+
+def _fwd_bwd(fn):
+    """fn's forward and backward, as a training step runs them (fn's first argument gets the gradient)."""
+    def step(x, *rest):
+        x.grad = None
+        out = fn(x, *rest).mean()
+        out.backward()
+        return out
+    return step
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -66,6 +85,15 @@ def test_unary(benchmark, bench_device, with_compile, op, size, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"T{s[0]}xB{s[1]}")
+@pytest.mark.parametrize("op", ["symlog", "symexp"])
+def test_unary_fwd_bwd(benchmark, bench_device, with_compile, op, size, impl):
+    x = (_inputs(size, bench_device) * 0.5).requires_grad_()  # symexp's gradient stays finite
+    fn = _pick(impl, getattr(ops, op), getattr(ref, op), with_compile)
+    _run(benchmark, f"{op} fwd+bwd {size}", _fwd_bwd(fn), bench_device, x)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"T{s[0]}xB{s[1]}")
 def test_twohot(benchmark, bench_device, with_compile, size, impl):
     x = ops.symlog(_inputs(size, bench_device))
     bins = torch.linspace(-20, 20, K, device=bench_device)
@@ -73,32 +101,27 @@ def test_twohot(benchmark, bench_device, with_compile, size, impl):
     _run(benchmark, f"twohot {size}", fn, bench_device, x, bins)
 
 
-def _ce_fwd_bwd(ce):
-    def step(logits, target, bins):
-        logits.grad = None
-        loss = ce(logits, target, bins).mean()
-        loss.backward()
-        return loss
-    return step
+def _ce_inputs(size, device, requires_grad):
+    target = ops.symlog(_inputs(size, device))
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(*size, K, generator=g).to(device).requires_grad_(requires_grad)
+    bins = torch.linspace(-20, 20, K, device=device)
+    return logits, target, bins
 
 
-_CE_KERNEL = _ce_fwd_bwd(ops.twohot_cross_entropy)
-_CE_REF = _ce_fwd_bwd(ref.twohot_cross_entropy)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"T{s[0]}xB{s[1]}")
+def test_twohot_cross_entropy_fwd(benchmark, bench_device, with_compile, size, impl):
+    fn = _pick(impl, ops.twohot_cross_entropy, ref.twohot_cross_entropy, with_compile)
+    _run(benchmark, f"twohot_cross_entropy fwd {size}", fn, bench_device, *_ce_inputs(size, bench_device, False))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"T{s[0]}xB{s[1]}")
 def test_twohot_cross_entropy_fwd_bwd(benchmark, bench_device, with_compile, size, impl):
-    target = ops.symlog(_inputs(size, bench_device))
-    logits = torch.randn(*size, K, device=bench_device, requires_grad=True)
-    bins = torch.linspace(-20, 20, K, device=bench_device)
-    if impl == "ref_compile":
-        if not with_compile:
-            pytest.skip("--no-compile")
-        fn = _ce_fwd_bwd(_compiled(ref.twohot_cross_entropy))
-    else:
-        fn = _CE_KERNEL if impl == "kernel" else _CE_REF
-    _run(benchmark, f"twohot_cross_entropy fwd+bwd {size}", fn, bench_device, logits, target, bins)
+    fn = _pick(impl, ops.twohot_cross_entropy, ref.twohot_cross_entropy, with_compile)
+    _run(benchmark, f"twohot_cross_entropy fwd+bwd {size}", _fwd_bwd(fn), bench_device,
+         *_ce_inputs(size, bench_device, True))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
