@@ -32,10 +32,8 @@ def test_scales_come_from_every_loss_config_field_but_free_bits():
     assert scales["rep"] == 0.25 and scales["critic"] == 0.5 and scales["rec"] == 1.0
 
 
-def _grads(scales_override):
-    torch.manual_seed(0)
-    spec = vector_spec()
-    agent = Agent(tiny_config(loss=scales_override, optim={"warmup": 1}), spec)
+def _step_with_grads(agent, spec):
+    """One train step; returns (metrics, the gradients the optimiser saw, by parameter name)."""
     grads = {}
     real_step = agent.opt.step
 
@@ -45,8 +43,13 @@ def _grads(scales_override):
 
     agent.opt.step = spy
     torch.manual_seed(1)
-    m = agent.train_step(random_batch(spec, B=2, T=5))
-    return m, grads
+    return agent.train_step(random_batch(spec, B=2, T=5)), grads
+
+
+def _grads(scales_override):
+    torch.manual_seed(0)
+    spec = vector_spec()
+    return _step_with_grads(Agent(tiny_config(loss=scales_override, optim={"warmup": 1}), spec), spec)
 
 
 def test_agent_total_is_computed_once_from_the_table_and_each_scale_acts_on_its_term():
@@ -71,16 +74,7 @@ def _repval_only_grads(repval_grad):
     agent = Agent(tiny_config(loss={**zero, "repval": 1.0}, critic={"repval_grad": repval_grad}), spec)
     with torch.no_grad():
         agent.behavior.critic.out.weight.normal_(0, 0.3)  # zero-initialised otherwise: no gradient into feat
-    grads = {}
-    real_step = agent.opt.step
-
-    def spy(allow=True):
-        grads.update({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
-        return real_step(allow=allow)
-
-    agent.opt.step = spy
-    m = agent.train_step(random_batch(spec, B=2, T=5))
-    return m, grads
+    return _step_with_grads(agent, spec)
 
 
 def test_replay_value_loss_is_a_term_of_the_table_and_reaches_the_world_model_with_repval_grad():
