@@ -66,6 +66,7 @@ def test_each_step_stands_for_the_right_command(tmp_path):
         c = cmd[tool]
         assert f"--tool {tool}" in c and "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in c
         assert "--report-api-errors no" in c and "--error-exitcode" in c
+        assert "test_gpu.py" in c and "not\\ graph" in c  # printf %q escapes the spaces of the -k expression
     assert "--check-api-memory-access no" in cmd["memcheck"] and "--kernel-name" in cmd["memcheck"]
     assert "--kernel-name" not in cmd["initcheck"]  # initcheck must see every kernel that initialises memory
     assert "--bench-device cuda" in cmd["bench"] and "T15xB1024" in cmd["bench"]
