@@ -93,7 +93,7 @@ def test_eval_mode_takes_the_actors_mode_and_train_mode_samples(discrete):
     obs = _obs(spec, 16, seed=1)
     for sample, want_equal in ((False, True), (True, False)):
         action, carry = agent.policy(obs, agent.initial_carry(16), sample=sample)
-        with torch.no_grad():
+        with torch.no_grad(), agent.autocast():  # the same compute precision as the policy's
             mode_action = agent.behavior.actor(agent.wm.rssm.feat(carry)).mode()
         if not discrete:
             mode_action = mode_action.clamp(-1, 1)
