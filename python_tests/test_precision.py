@@ -14,11 +14,15 @@ from tiny_agent_config import image_vector_spec, random_batch, tiny_config
 
 def test_resolve_precision(monkeypatch):
     cpu = torch.device("cpu")
+    real_speedup = agent_mod.cpu_bf16_speedup
     assert resolve_precision("bf16", cpu) == torch.bfloat16 and resolve_precision("fp32", cpu) == torch.float32
-    monkeypatch.setattr(agent_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(agent_mod, "cpu_bf16_speedup", lambda: 2.5)
     assert resolve_precision("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(agent_mod, "cpu_has_fast_bf16", lambda: False)
-    assert resolve_precision("auto", cpu) == torch.float32  # e.g. AVX-512 without bf16 instructions: emulated, slow
+    monkeypatch.setattr(agent_mod, "cpu_bf16_speedup", lambda: 0.6)  # bf16 present but slower here: fp32
+    assert resolve_precision("auto", cpu) == torch.float32
+    monkeypatch.setattr(agent_mod, "_BF16_SPEEDUP", None)
+    monkeypatch.setattr(agent_mod, "cpu_has_bf16_instructions", lambda: False)
+    assert real_speedup() == 0.0  # no bf16 instructions: emulated, never chosen
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", cpu)
 
