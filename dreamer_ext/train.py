@@ -475,8 +475,9 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
             if media.due(st.step, when=run.image_key is not None and last_batch is not None):
                 log_media(run, last_batch)
                 video_due = True  # the next evaluation records an episode
-            if evals.due(st.step):
-                video_due = video_due and not evaluate(run, video_due, train_returns)[1]
+            if evals.due(st.step):  # every due evaluation runs; it records a GIF only when one is due
+                recorded = evaluate(run, video_due, train_returns)[1]
+                video_due = video_due and not recorded
             if logs.due(st.step) or st.step >= cfg.steps:
                 log_train(run, train_metrics, rates)
             noted = show_progress(run, bar, projection, last_return, noted)
