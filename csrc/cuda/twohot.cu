@@ -1,8 +1,7 @@
 // Dense two-hot encoding on the GPU: one warp per row. Lane 0 finds the row's two bins once and the
 // warp shares them by shuffle; the lanes then write the row with coalesced stores
 // (CPU twin: csrc/cpu/twohot.cpp).
-#include "launch.h"
-#include "../common/dx_math.h"
+#include "warp_row.h"
 #include "../common/kernels.h"
 
 namespace dx { namespace cuda {
@@ -15,10 +14,7 @@ template <typename T> __global__ void twohot_kernel(TwohotParams<T> p) {
   const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
   // row is the same for every lane of a warp, so whole warps enter and leave the loop together
   for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; row < p.n; row += stride) {
-    TwohotPos<T> pos{0, T(0)};
-    if (lane == 0) pos = twohot_pos(p.x[row], p.bins, p.K);
-    pos.lo = __shfl_sync(0xffffffffu, pos.lo, 0);
-    pos.w_lo = __shfl_sync(0xffffffffu, pos.w_lo, 0);
+    const TwohotPos<T> pos = warp_twohot_pos(p.x[row], p.bins, p.K, lane);
     T* out = p.out + row * p.K;
     for (int64_t k = lane; k < p.K; k += kWarp) out[k] = twohot_weight(pos, k);
   }

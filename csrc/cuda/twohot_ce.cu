@@ -3,8 +3,7 @@
 // Forward: max and sum-exp reduced with warp shuffles; lane 0 finds the two bins and writes loss and lse.
 // Backward: lane 0 finds the two bins once, the warp shares them by shuffle, and the lanes write
 // grad * (softmax - twohot) across the row.
-#include "launch.h"
-#include "../common/dx_math.h"
+#include "warp_row.h"
 #include "../common/kernels.h"
 
 namespace dx { namespace cuda {
@@ -56,10 +55,7 @@ template <typename T> __global__ void twohot_ce_bwd_kernel(TwohotCEBwdParams<T> 
   const int lane = threadIdx.x % kWarp;
   const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
   for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; row < p.n; row += stride) {
-    TwohotPos<T> pos{0, T(0)};
-    if (lane == 0) pos = twohot_pos(p.target[row], p.bins, p.K);
-    pos.lo = __shfl_sync(0xffffffffu, pos.lo, 0);
-    pos.w_lo = __shfl_sync(0xffffffffu, pos.w_lo, 0);
+    const TwohotPos<T> pos = warp_twohot_pos(p.target[row], p.bins, p.K, lane);
     const T g = p.grad[row], lse = p.lse[row];
     const T* l = p.logits + row * p.K;
     T* gl = p.grad_logits + row * p.K;
