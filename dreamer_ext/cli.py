@@ -11,10 +11,11 @@ Order of application: defaults -> ``--preset NAME`` (wherever it appears on the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Sequence
 
-from .config import Config, apply_preset, iter_leaves, parse_value
+from .config import Config, apply_preset, iter_leaves, set_path
 
 
 class CLIError(Exception):
@@ -69,13 +70,6 @@ def build_parser(
     return parser
 
 
-def _set(obj: Any, dotted: str, value: Any) -> None:
-    *path, leaf = dotted.split(".")
-    for part in path:
-        obj = getattr(obj, part)
-    setattr(obj, leaf, value)
-
-
 def _name_option(message: str, options: set[str]) -> str:
     """Turn ``"rssm.deter: must be positive"`` into ``"--rssm.deter: must be positive"`` when it names an option."""
     head = message.split(":", 1)[0].strip()
@@ -105,11 +99,9 @@ def parse(
     try:
         if apply_preset_fn is not None and hasattr(cfg, "preset"):
             apply_preset_fn(cfg, given.get("preset", cfg.preset))
-        defaults = {name: value for name, _, value in iter_leaves(make_default())}
         for name, text in given.items():
-            if name == "preset":
-                continue
-            _set(cfg, name, parse_value(text, defaults[name], name))
+            if name != "preset":
+                set_path(cfg, name, text)
         if hasattr(cfg, "validate"):
             cfg.validate()
     except ValueError as e:
@@ -125,5 +117,22 @@ def parse_or_exit(argv: Sequence[str] | None = None, prog: str | None = None, **
     try:
         return parse(argv, prog=prog, **kwargs)
     except CLIError as e:
-        print(f"{prog or 'dreamer_ext'}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(prog or "dreamer_ext", e, 2))
+
+
+def fail(prog: str, message: Any, code: int) -> int:
+    """Print the one-line ``<prog>: error: <message>`` to stderr; return ``code`` (the exit status)."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def runtime_failure(prog: str, e: BaseException, known: tuple = ()) -> int:
+    """A run-time error as one line and exit status 1: an instance of ``known`` (the program's own error types)
+    prints its message, anything else its type and message with a hint. ``DREAMER_EXT_TRACEBACK=1`` re-raises
+    instead, for debugging."""
+    if os.environ.get("DREAMER_EXT_TRACEBACK") == "1":
+        raise e
+    text = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, known):
+        text = f"{type(e).__name__}: {text} (DREAMER_EXT_TRACEBACK=1 shows where)"
+    return fail(prog, text, 1)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 __all__ = [
     "Config", "RSSMConfig", "EncoderConfig", "DecoderConfig", "HeadsConfig", "ActorConfig", "CriticConfig",
     "ImagConfig", "LossConfig", "OptimConfig", "PRESETS", "make_config", "apply_preset", "config_from_dict",
-    "config_to_dict", "set_path", "get_path", "parse_value", "iter_leaves", "loss_scales",
+    "config_to_dict", "set_path", "get_path", "parse_value", "iter_leaves", "loss_scales", "option", "check_fields",
 ]
 
 # ----------------------------------------------------------------------------------------------------- field checks
@@ -86,8 +86,9 @@ def _preset_name(v) -> str | None:
     return None if v in PRESETS else f"unknown preset {v!r}; choose one of {sorted(PRESETS)}"
 
 
-def _f(default: Any, help: str, check: Check | None = None) -> Any:
-    """A config field: default, one-line help (``metadata["help"]``) and its own check (``metadata["check"]``)."""
+def option(default: Any, help: str, check: Check | None = None) -> Any:
+    """A dataclass field of an options class (the config, the evaluate program's options): default, one-line help
+    (``metadata["help"]``, read by the CLI) and its own check (``metadata["check"]``, run by :func:`check_fields`)."""
     return field(default=default, metadata={"help": help, "check": check})
 
 
@@ -98,99 +99,99 @@ def _sub(cls: type, help: str) -> Any:
 # ---------------------------------------------------------------------------------------------------------- sections
 @dataclass
 class RSSMConfig:
-    deter: int = _f(2048, "deterministic state size h (block GRU width)", positive)
-    hidden: int = _f(256, "hidden width of RSSM input/prior/posterior layers", positive)
-    stoch: int = _f(32, "number of categorical latent groups", positive)
-    classes: int = _f(16, "classes per latent group C", positive)
-    blocks: int = _f(8, "GRU blocks g (block-diagonal weights); 1 = dense GRU", positive)
-    unimix: float = _f(0.01, "uniform mixture on latent categoricals", in_range(0, 1, hi_open=True))
-    prior_layers: int = _f(2, "hidden layers of the prior p(z|h)", positive)
-    post_layers: int = _f(1, "hidden layers of the posterior q(z|h,x)", positive)
-    dyn_layers: int = _f(1, "BlockLinear+norm+SiLU layers inside the core before the gate layer", non_negative)
+    deter: int = option(2048, "deterministic state size h (block GRU width)", positive)
+    hidden: int = option(256, "hidden width of RSSM input/prior/posterior layers", positive)
+    stoch: int = option(32, "number of categorical latent groups", positive)
+    classes: int = option(16, "classes per latent group C", positive)
+    blocks: int = option(8, "GRU blocks g (block-diagonal weights); 1 = dense GRU", positive)
+    unimix: float = option(0.01, "uniform mixture on latent categoricals", in_range(0, 1, hi_open=True))
+    prior_layers: int = option(2, "hidden layers of the prior p(z|h)", positive)
+    post_layers: int = option(1, "hidden layers of the posterior q(z|h,x)", positive)
+    dyn_layers: int = option(1, "BlockLinear+norm+SiLU layers inside the core before the gate layer", non_negative)
 
 
 @dataclass
 class EncoderConfig:
-    cnn_depth: int = _f(16, "CNN base depth d; channels d*(2,3,4,4)", positive)
-    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers per stage", four_positive)
-    kernel: int = _f(5, "CNN kernel size", odd_positive)
-    mlp_units: int = _f(256, "units of the vector-observation MLP", positive)
-    mlp_layers: int = _f(3, "layers of the vector-observation MLP", positive)
-    symlog_inputs: bool = _f(True, "apply symlog to vector observations")
+    cnn_depth: int = option(16, "CNN base depth d; channels d*(2,3,4,4)", positive)
+    cnn_mults: tuple = option((2, 3, 4, 4), "CNN channel multipliers per stage", four_positive)
+    kernel: int = option(5, "CNN kernel size", odd_positive)
+    mlp_units: int = option(256, "units of the vector-observation MLP", positive)
+    mlp_layers: int = option(3, "layers of the vector-observation MLP", positive)
+    symlog_inputs: bool = option(True, "apply symlog to vector observations")
 
 
 @dataclass
 class DecoderConfig:
-    cnn_depth: int = _f(16, "CNN base depth d of the image decoder", positive)
-    cnn_mults: tuple = _f((2, 3, 4, 4), "CNN channel multipliers (mirrored)", four_positive)
-    kernel: int = _f(5, "CNN kernel size", odd_positive)
-    mlp_units: int = _f(256, "units of the vector decoder MLP", positive)
-    mlp_layers: int = _f(3, "layers of the vector decoder MLP", positive)
-    vector_half: bool = _f(False, "vector observations: loss ½(f - symlog y)² (notes) instead of (f - symlog y)² (V2)")
-    bspace: int = _f(8, "V2 image-decoder input: each of g deter blocks feeds its own channel group (0: one dense "
+    cnn_depth: int = option(16, "CNN base depth d of the image decoder", positive)
+    cnn_mults: tuple = option((2, 3, 4, 4), "CNN channel multipliers (mirrored)", four_positive)
+    kernel: int = option(5, "CNN kernel size", odd_positive)
+    mlp_units: int = option(256, "units of the vector decoder MLP", positive)
+    mlp_layers: int = option(3, "layers of the vector decoder MLP", positive)
+    vector_half: bool = option(False, "vector observations: loss ½(f - symlog y)² (notes) instead of (f - symlog y)² (V2)")
+    bspace: int = option(8, "V2 image-decoder input: each of g deter blocks feeds its own channel group (0: one dense "
                         "Linear from feat, the earlier layout)", non_negative)
 
 
 @dataclass
 class HeadsConfig:
-    units: int = _f(256, "units of reward/continue heads", positive)
-    reward_layers: int = _f(1, "hidden layers of the reward head", positive)
-    cont_layers: int = _f(1, "hidden layers of the continue head", positive)
-    bins: str = _f("symexp", "twohot bins: 'symexp' (V2: raw-space bins, unbiased mean) | 'symlog' (notes/V1: "
+    units: int = option(256, "units of reward/continue heads", positive)
+    reward_layers: int = option(1, "hidden layers of the reward head", positive)
+    cont_layers: int = option(1, "hidden layers of the continue head", positive)
+    bins: str = option("symexp", "twohot bins: 'symexp' (V2: raw-space bins, unbiased mean) | 'symlog' (notes/V1: "
                              "symlog-space bins, symexp of the mean)", one_of("symlog", "symexp"))
-    num_bins: int = _f(255, "number of twohot bins", at_least(2))
-    bin_range: float = _f(20.0, "bins span linspace(-r, r) before the optional symexp", positive)
+    num_bins: int = option(255, "number of twohot bins", at_least(2))
+    bin_range: float = option(20.0, "bins span linspace(-r, r) before the optional symexp", positive)
 
 
 @dataclass
 class ActorConfig:
-    units: int = _f(256, "actor MLP units", positive)
-    layers: int = _f(3, "actor hidden layers", positive)
-    entropy: float = _f(3e-4, "entropy bonus scale eta", non_negative)
-    unimix: float = _f(0.0, "uniform mixture on the discrete action distribution (V2: 0; notes: 0.01)",
+    units: int = option(256, "actor MLP units", positive)
+    layers: int = option(3, "actor hidden layers", positive)
+    entropy: float = option(3e-4, "entropy bonus scale eta", non_negative)
+    unimix: float = option(0.0, "uniform mixture on the discrete action distribution (V2: 0; notes: 0.01)",
                        in_range(0, 1))
-    min_std: float = _f(0.1, "continuous actor: minimum std", positive)
-    max_std: float = _f(1.0, "continuous actor: maximum std (must exceed min_std)", positive)
-    init_scale: float = _f(0.01, "actor output layer init scale (V2 outscale: std x 0.01)", positive)
+    min_std: float = option(0.1, "continuous actor: minimum std", positive)
+    max_std: float = option(1.0, "continuous actor: maximum std (must exceed min_std)", positive)
+    init_scale: float = option(0.01, "actor output layer init scale (V2 outscale: std x 0.01)", positive)
 
 
 @dataclass
 class CriticConfig:
-    units: int = _f(256, "critic MLP units", positive)
-    layers: int = _f(3, "critic hidden layers", positive)
-    slow_rate: float = _f(0.02, "slow critic EMA rate per update", in_range(0, 1))
-    slow_every: int = _f(1, "update the slow critic every N updates", positive)
-    slow_reg: float = _f(1.0, "scale of the CE(v, sg v_slow) regulariser", non_negative)
-    repval_grad: bool = _f(True, "V2: the replay-value loss's gradient also reaches the encoder and RSSM")
+    units: int = option(256, "critic MLP units", positive)
+    layers: int = option(3, "critic hidden layers", positive)
+    slow_rate: float = option(0.02, "slow critic EMA rate per update", in_range(0, 1))
+    slow_every: int = option(1, "update the slow critic every N updates", positive)
+    slow_reg: float = option(1.0, "scale of the CE(v, sg v_slow) regulariser", non_negative)
+    repval_grad: bool = option(True, "V2: the replay-value loss's gradient also reaches the encoder and RSSM")
 
 
 @dataclass
 class ImagConfig:
-    horizon: int = _f(15, "imagination horizon H (H+1 states incl. start)", positive)
-    gamma: float = _f(1.0 - 1.0 / 333.0, "discount gamma", in_range(0, 1))
-    contdisc: bool = _f(True, "V2: continue target (1-terminal)*gamma, imagination discounts by the continue "
+    horizon: int = option(15, "imagination horizon H (H+1 states incl. start)", positive)
+    gamma: float = option(1.0 - 1.0 / 333.0, "discount gamma", in_range(0, 1))
+    contdisc: bool = option(True, "V2: continue target (1-terminal)*gamma, imagination discounts by the continue "
                               "probability; false (notes): target 1-terminal, hard 0/1 continue times gamma")
-    lam: float = _f(0.95, "lambda of the lambda-return", in_range(0, 1))
-    retnorm_decay: float = _f(0.99, "EMA decay of the return scale S", in_range(0, 1))
-    retnorm_low: float = _f(5.0, "lower return percentile (below retnorm_high)", in_range(0, 100))
-    retnorm_high: float = _f(95.0, "upper return percentile", in_range(0, 100))
-    retnorm_limit: float = _f(1.0, "advantage divided by max(limit, S)", non_negative)
+    lam: float = option(0.95, "lambda of the lambda-return", in_range(0, 1))
+    retnorm_decay: float = option(0.99, "EMA decay of the return scale S", in_range(0, 1))
+    retnorm_low: float = option(5.0, "lower return percentile (below retnorm_high)", in_range(0, 100))
+    retnorm_high: float = option(95.0, "upper return percentile", in_range(0, 100))
+    retnorm_limit: float = option(1.0, "advantage divided by max(limit, S)", non_negative)
 
 
 @dataclass
 class LossConfig:
     """One scale per loss term: the agent's loss is ``Σ_k scale_k · mean(term_k)`` over exactly these keys."""
 
-    rec: float = _f(1.0, "scale of the reconstruction loss (sum over observation keys)", non_negative)
-    rew: float = _f(1.0, "scale of the reward loss", non_negative)
-    con: float = _f(1.0, "scale of the continue loss", non_negative)
-    dyn: float = _f(1.0, "beta_dyn: scale of max(free_bits, KL[sg(q)||p])", non_negative)
-    rep: float = _f(0.1, "beta_rep: scale of max(free_bits, KL[q||sg(p)]) (notes: 0.1)", non_negative)
-    actor: float = _f(1.0, "actor loss scale", non_negative)
-    critic: float = _f(1.0, "critic loss scale", non_negative)
-    repval: float = _f(0.3, "V2 replay-value loss scale: the critic on replayed states (0 turns the term off, as in V1)",
+    rec: float = option(1.0, "scale of the reconstruction loss (sum over observation keys)", non_negative)
+    rew: float = option(1.0, "scale of the reward loss", non_negative)
+    con: float = option(1.0, "scale of the continue loss", non_negative)
+    dyn: float = option(1.0, "beta_dyn: scale of max(free_bits, KL[sg(q)||p])", non_negative)
+    rep: float = option(0.1, "beta_rep: scale of max(free_bits, KL[q||sg(p)]) (notes: 0.1)", non_negative)
+    actor: float = option(1.0, "actor loss scale", non_negative)
+    critic: float = option(1.0, "critic loss scale", non_negative)
+    repval: float = option(0.3, "V2 replay-value loss scale: the critic on replayed states (0 turns the term off, as in V1)",
                        non_negative)
-    free_bits: float = _f(1.0, "free bits (nats) per (batch, time) element (not a loss term)", non_negative)
+    free_bits: float = option(1.0, "free bits (nats) per (batch, time) element (not a loss term)", non_negative)
 
 
 OPTIONAL_TERMS = ("repval",)  # terms that a zero scale switches off (not computed at all)
@@ -205,21 +206,21 @@ def loss_scales(cfg: "Config") -> dict[str, float]:
 
 @dataclass
 class OptimConfig:
-    kind: str = _f("laprop", "optimiser: 'laprop' (V2) | 'adam' (V1)", one_of("laprop", "adam"))
-    lr: float = _f(4e-5, "LaProp learning rate", positive)
-    eps: float = _f(1e-20, "LaProp RMS epsilon", positive)
-    beta1: float = _f(0.9, "momentum decay", in_range(0, 1))
-    beta2: float = _f(0.999, "second-moment decay", in_range(0, 1, hi_open=True))
-    agc: float = _f(0.3, "adaptive gradient clipping ratio (0 disables)", non_negative)
-    agc_pmin: float = _f(1e-3, "AGC lower bound on the parameter norm", positive)
-    warmup: int = _f(1000, "linear learning-rate warm-up in updates", non_negative)
+    kind: str = option("laprop", "optimiser: 'laprop' (V2) | 'adam' (V1)", one_of("laprop", "adam"))
+    lr: float = option(4e-5, "LaProp learning rate", positive)
+    eps: float = option(1e-20, "LaProp RMS epsilon", positive)
+    beta1: float = option(0.9, "momentum decay", in_range(0, 1))
+    beta2: float = option(0.999, "second-moment decay", in_range(0, 1, hi_open=True))
+    agc: float = option(0.3, "adaptive gradient clipping ratio (0 disables)", non_negative)
+    agc_pmin: float = option(1e-3, "AGC lower bound on the parameter norm", positive)
+    warmup: int = option(1000, "linear learning-rate warm-up in updates", non_negative)
     # V1 Adam settings (used when kind == "adam")
-    model_lr: float = _f(1e-4, "V1 Adam: world model learning rate", positive)
-    model_eps: float = _f(1e-8, "V1 Adam: world model epsilon", positive)
-    model_clip: float = _f(1000.0, "V1 Adam: world model global grad-norm clip", non_negative)
-    ac_lr: float = _f(3e-5, "V1 Adam: actor and critic learning rate", positive)
-    ac_eps: float = _f(1e-5, "V1 Adam: actor and critic epsilon", positive)
-    ac_clip: float = _f(100.0, "V1 Adam: actor and critic global grad-norm clip", non_negative)
+    model_lr: float = option(1e-4, "V1 Adam: world model learning rate", positive)
+    model_eps: float = option(1e-8, "V1 Adam: world model epsilon", positive)
+    model_clip: float = option(1000.0, "V1 Adam: world model global grad-norm clip", non_negative)
+    ac_lr: float = option(3e-5, "V1 Adam: actor and critic learning rate", positive)
+    ac_eps: float = option(1e-5, "V1 Adam: actor and critic epsilon", positive)
+    ac_clip: float = option(100.0, "V1 Adam: actor and critic global grad-norm clip", non_negative)
 
 
 _OBJECTIVE_HINTS = {"repo": "'repo' (RePo) is planned but not implemented yet; available now: 'dreamer'"}
@@ -228,42 +229,42 @@ _OBJECTIVE_HINTS = {"repo": "'repo' (RePo) is planned but not implemented yet; a
 @dataclass
 class Config:
     # ---- run ----
-    env: str = _f("ALE/Asterix-v5", "environment id", non_empty)
-    preset: str = _f("size12m", "model size preset (size1m..size400m)", _preset_name)
-    steps: int = _f(110_000, "env steps to train, summed over envs (Atari100k: 110k)", positive)
-    logdir: str = _f("", "run directory; empty -> runs/<env>-<timestamp>")
-    seed: int = _f(0, "random seed (>= 0)", non_negative)
-    device: str = _f("auto", "device: auto | cpu | cuda | cuda:N", device_name)
-    eval_every: int = _f(10_000, "env steps between evaluations (0 disables)", non_negative)
-    eval_episodes: int = _f(10, "episodes per evaluation", positive)
-    eval_policy: str = _f("sample", "how evaluations act: 'sample' (the authors' protocol) | 'mode' (greedy)",
+    env: str = option("ALE/Asterix-v5", "environment id", non_empty)
+    preset: str = option("size12m", "model size preset (size1m..size400m)", _preset_name)
+    steps: int = option(110_000, "env steps to train, summed over envs (Atari100k: 110k)", positive)
+    logdir: str = option("", "run directory; empty -> runs/<env>-<timestamp>")
+    seed: int = option(0, "random seed (>= 0)", non_negative)
+    device: str = option("auto", "device: auto | cpu | cuda | cuda:N", device_name)
+    eval_every: int = option(10_000, "env steps between evaluations (0 disables)", non_negative)
+    eval_episodes: int = option(10, "episodes per evaluation", positive)
+    eval_policy: str = option("sample", "how evaluations act: 'sample' (the authors' protocol) | 'mode' (greedy)",
                           one_of("sample", "mode"))
-    log_every: int = _f(1_000, "env steps between metric logs", positive)
-    num_envs: int = _f(1, "parallel environments", positive)
-    action_repeat: int = _f(4, "emulator frames per env step (ALE envs only)", positive)
+    log_every: int = option(1_000, "env steps between metric logs", positive)
+    num_envs: int = option(1, "parallel environments", positive)
+    action_repeat: int = option(4, "emulator frames per env step (ALE envs only)", positive)
     # ---- run management ----
-    checkpoint_every: int = _f(10_000, "env steps between checkpoints (0: only at the end)", non_negative)
-    checkpoint_keep: int = _f(2, "newest checkpoints kept in <logdir>/checkpoints", positive)
-    resume: bool = _f(False, "continue the run in --logdir from its latest checkpoint (fresh start if it has none)")
-    tensorboard: bool = _f(True, "write TensorBoard event files into the run directory")
-    media_every: int = _f(10_000, "env steps between reconstruction images and eval episode GIFs (image obs; 0 off)",
+    checkpoint_every: int = option(10_000, "env steps between checkpoints (0: only at the end)", non_negative)
+    checkpoint_keep: int = option(2, "newest checkpoints kept in <logdir>/checkpoints", positive)
+    resume: bool = option(False, "continue the run in --logdir from its latest checkpoint (fresh start if it has none)")
+    tensorboard: bool = option(True, "write TensorBoard event files into the run directory")
+    media_every: int = option(10_000, "env steps between reconstruction images and eval episode GIFs (image obs; 0 off)",
                           non_negative)
-    video_frames: int = _f(500, "maximum frames of a logged eval episode GIF", positive)
+    video_frames: int = option(500, "maximum frames of a logged eval episode GIF", positive)
     # ---- training ----
-    train_ratio: float = _f(256.0, "replayed steps per env step (V2 256, V1 1024)", positive)
-    batch_size: int = _f(16, "batch size B", positive)
-    batch_length: int = _f(64, "sequence length T", positive)
-    replay_capacity: int = _f(5_000_000, "replay capacity in steps (at least max(batch_size, num_envs)*batch_length)",
+    train_ratio: float = option(256.0, "replayed steps per env step (V2 256, V1 1024)", positive)
+    batch_size: int = option(16, "batch size B", positive)
+    batch_length: int = option(64, "sequence length T", positive)
+    replay_capacity: int = option(5_000_000, "replay capacity in steps (at least max(batch_size, num_envs)*batch_length)",
                               positive)
-    replay_online: bool = _f(True, "V2 online queue: each fresh window is sampled once first")
-    backend: str = _f("kernels", "ops backend: kernels | reference", one_of("kernels", "reference"))
-    objective: str = _f("dreamer", "world-model objective: dreamer (RePo is planned)",
+    replay_online: bool = option(True, "V2 online queue: each fresh window is sampled once first")
+    backend: str = option("kernels", "ops backend: kernels | reference", one_of("kernels", "reference"))
+    objective: str = option("dreamer", "world-model objective: dreamer (RePo is planned)",
                         one_of("dreamer", hints=_OBJECTIVE_HINTS))
-    norm: str = _f("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)", one_of("rms", "layer"))
-    init: str = _f("v2", "weight init: 'v2' (truncated normal, std = outscale/sqrt(fan_in), full fan-in for "
+    norm: str = option("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)", one_of("rms", "layer"))
+    init: str = option("v2", "weight init: 'v2' (truncated normal, std = outscale/sqrt(fan_in), full fan-in for "
                          "block-linear layers) | 'avg' (earlier: variance scale/mean(fan_in, fan_out), per block)",
                    one_of("v2", "avg"))
-    precision: str = _f("auto", "compute precision of matmuls and convolutions: bf16 | fp32 | auto (bf16 where the "
+    precision: str = option("auto", "compute precision of matmuls and convolutions: bf16 | fp32 | auto (bf16 where the "
                                 "device computes it fast: a CUDA GPU with bf16, a CPU whose bf16 matmul measures >= 1.2x "
                                 "faster than fp32)",
                         one_of("auto", "bf16", "fp32"))
@@ -280,17 +281,23 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ``ValueError("<dotted.field>: <reason>")`` for the first invalid field; return self when valid."""
-        for path, f, value in iter_leaves(self):
-            _check_type(path, value, f.default)
-            check = f.metadata.get("check")
-            reason = check(value) if check is not None else None
-            if reason:
-                raise ValueError(f"{path}: {reason}")
+        check_fields(self)
         _check_relations(self)
         return self
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
+
+
+def check_fields(obj: Any) -> None:
+    """Every leaf field of the dataclass instance ``obj``: its type (floats also finite), then its own check. Raises
+    ``ValueError("<dotted.field>: <reason>")`` for the first invalid one."""
+    for path, f, value in iter_leaves(obj):
+        _check_type(path, value, f.default)
+        check = f.metadata.get("check")
+        reason = check(value) if check is not None else None
+        if reason:
+            raise ValueError(f"{path}: {reason}")
 
 
 def _check_relations(cfg: Config) -> None:

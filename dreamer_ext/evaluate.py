@@ -18,11 +18,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from . import cli
+from .config import at_least, check_fields, device_name, non_negative, one_of, option, positive
 from .loop import POLICIES, env_kwargs, run_episodes, tune_cpu_allocator
 
 PROG = "python -m dreamer_ext.evaluate"
@@ -33,30 +34,19 @@ the mean return ± the half-width of its 95% confidence interval (Student t, n-1
 # ------------------------------------------------------------------------------------------------------------ program
 @dataclass
 class EvalOptions:
-    checkpoint: str = field(default="", metadata={"help": "checkpoint file, or a run directory (its newest checkpoint)"})
-    episodes: int = field(default=10, metadata={"help": "complete episodes to run"})
-    eval_policy: str = field(default="sample", metadata={"help": "sample (the authors' protocol) | mode (greedy)"})
-    json: str = field(default="", metadata={"help": "write the returns and the summary to this JSON file"})
-    num_envs: int = field(default=0, metadata={"help": "parallel eval envs (0: min(episodes, 8))"})
-    seed: int = field(default=-1, metadata={"help": "env seed (-1: the run's seed + 20000)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    backend: str = field(default="", metadata={"help": "ops backend: kernels | reference ('' = the run's)"})
+    checkpoint: str = option("", "checkpoint file, or a run directory (its newest checkpoint)",
+                             lambda v: None if v else "required (a checkpoint file or a run directory)")
+    episodes: int = option(10, "complete episodes to run", positive)
+    eval_policy: str = option("sample", "sample (the authors' protocol) | mode (greedy)", one_of(*POLICIES))
+    json: str = option("", "write the returns and the summary to this JSON file")
+    num_envs: int = option(0, "parallel eval envs (0: min(episodes, 8))", non_negative)
+    seed: int = option(-1, "env seed (-1: the run's seed + 20000)", at_least(-1))
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", device_name)
+    backend: str = option("", "ops backend: kernels | reference ('' = the run's)", one_of("", "kernels", "reference"))
 
     def validate(self) -> "EvalOptions":
-        if not self.checkpoint:
-            raise ValueError("checkpoint: required (a checkpoint file or a run directory)")
-        if self.episodes < 1:
-            raise ValueError(f"episodes: must be positive, got {self.episodes}")
-        if self.eval_policy not in POLICIES:
-            raise ValueError(f"eval_policy: expected one of {POLICIES}, got {self.eval_policy!r}")
-        if self.seed < -1:
-            raise ValueError(f"seed: must be >= 0, or -1 for the run's seed + 20000, got {self.seed}")
-        if self.num_envs < 0:
-            raise ValueError(f"num_envs: must be >= 0, got {self.num_envs}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device: expected auto|cpu|cuda, got {self.device!r}")
-        if self.backend not in ("", "kernels", "reference"):
-            raise ValueError(f"backend: expected kernels|reference, got {self.backend!r}")
+        """Each option's own check (see :func:`~dreamer_ext.config.check_fields`); returns self."""
+        check_fields(self)
         return self
 
 
@@ -134,15 +124,11 @@ def main(argv=None) -> int:
     try:
         resolve_device(opts.device)
     except ValueError as e:  # "device: 'cuda' requested but ..."
-        return _fail(f"--{e}", 2)
+        return cli.fail(PROG, f"--{e}", 2)
     try:
         res = evaluate_checkpoint(opts)
-    except (CheckpointError, EvalError) as e:
-        return _fail(e, 1)
-    except (RuntimeError, ValueError, OSError) as e:
-        if os.environ.get("DREAMER_EXT_TRACEBACK") == "1":
-            raise
-        return _fail(f"{type(e).__name__}: {' '.join(str(e).split())} (DREAMER_EXT_TRACEBACK=1 shows where)", 1)
+    except (RuntimeError, ValueError, OSError) as e:  # CheckpointError and EvalError are RuntimeErrors
+        return cli.runtime_failure(PROG, e, known=(CheckpointError, EvalError))
 
     ci = "n/a" if res["ci95"] is None else f"{res['ci95']:.2f}"
     std = "n/a" if res["std"] is None else f"{res['std']:.2f}"
@@ -151,11 +137,6 @@ def main(argv=None) -> int:
     if opts.json:
         print(f"wrote {opts.json}")
     return 0
-
-
-def _fail(message, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 if __name__ == "__main__":

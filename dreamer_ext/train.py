@@ -541,33 +541,20 @@ def main(argv=None) -> int:
         cfg, resume_from = parse_args(argv)
         resolve_device(cfg.device)
     except cli.CLIError as e:
-        return _fail(e, 2)
+        return cli.fail(PROG, e, 2)
     except ValueError as e:  # resolve_device: "device: ..."
-        return _fail(f"--{e}", 2)
+        return cli.fail(PROG, f"--{e}", 2)
     except (CheckpointError, OSError) as e:
-        return _fail(e, 1)
+        return cli.fail(PROG, e, 1)
     try:
         train(cfg, resume_from)
     except cli.CLIError as e:
-        return _fail(e, 2)
+        return cli.fail(PROG, e, 2)
     except KeyboardInterrupt:
-        return _fail("interrupted (second Ctrl-C); the newest checkpoint is kept", 130)
+        return cli.fail(PROG, "interrupted (second Ctrl-C); the newest checkpoint is kept", 130)
     except (RuntimeError, ValueError, OSError) as e:  # CheckpointError and RunError are RuntimeErrors
-        if os.environ.get("DREAMER_EXT_TRACEBACK") == "1":
-            raise
-        return _fail(_one_line(e), 1)
+        return cli.runtime_failure(PROG, e, known=(CheckpointError, RunError))
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    known = isinstance(e, (CheckpointError, RunError))
-    return text if known else f"{type(e).__name__}: {text} (DREAMER_EXT_TRACEBACK=1 shows where)"
-
-
-def _fail(message, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 if __name__ == "__main__":
