@@ -26,23 +26,31 @@ def testreport_frames_selection():
         assert len(idx) == m and idx == sorted(set(idx)) and 0 <= idx[0] and idx[-1] < T
 
 
+def _model_and_batch(B, T, seed):
+    torch.manual_seed(0)
+    spec = image_spec()
+    return WorldModel(tiny_config(), spec), random_batch(spec, B=B, T=T, seed=seed)
+
+
+def _tiles(grid, rows, frames):
+    """``[rows·3·64, frames·64, 3]`` grid -> ``[rows, strip, frame, H, W, 3]``."""
+    return grid.reshape(rows, 3, 64, frames, 64, 3).transpose(0, 1, 3, 2, 4, 5)
+
+
 def _decoded(wm, feat):
     mean = wm.decoders["image"](feat.reshape(-1, feat.shape[-1])).float()
     return (mean * 255).round().clamp(0, 255).to(torch.uint8).reshape(*feat.shape[:2], 64, 64, -1)
 
 
 def test_video_prediction_grid_layout_truth_and_posterior():
-    torch.manual_seed(0)
-    spec = image_spec()
-    wm = WorldModel(tiny_config(), spec)
     B, T, ctx = 2, 7, 3
-    batch = random_batch(spec, B=B, T=T, seed=1)
+    wm, batch = _model_and_batch(B, T, seed=1)
     torch.manual_seed(123)
     out = video_prediction(wm, batch, context=ctx, max_rows=4)
     assert list(out) == ["recon/image"]
     grid = out["recon/image"]
     assert isinstance(grid, np.ndarray) and grid.dtype == np.uint8 and grid.shape == (B * 3 * 64, T * 64, 3)
-    tiles = grid.reshape(B, 3, 64, T, 64, 3).transpose(0, 1, 3, 2, 4, 5)   # [B, strip, T, H, W, 3]
+    tiles = _tiles(grid, B, T)                                            # [B, strip, T, H, W, 3]
     np.testing.assert_array_equal(tiles[:, 0], batch["image"].numpy())   # ground truth, exactly
     # context frames: the decoded posterior of observe() (same RNG draws: observe samples step by step)
     torch.manual_seed(123)
@@ -57,17 +65,14 @@ def test_video_prediction_grid_layout_truth_and_posterior():
 
 
 def test_video_prediction_open_loop_uses_prior_with_previous_actions():
-    torch.manual_seed(0)
-    spec = image_spec()
-    wm = WorldModel(tiny_config(), spec)
     B, T, ctx = 2, 5, 2
-    batch = random_batch(spec, B=B, T=T, seed=2)
+    wm, batch = _model_and_batch(B, T, seed=2)
     batch["is_first"][1, 3] = True            # an episode boundary inside the open-loop part of sequence 1
     batch["action"][:, ctx - 1] = torch.tensor([1.0, 0.0, 0.0])   # a_{ctx-1} != a_ctx, so using the wrong one shows
     batch["action"][:, ctx] = torch.tensor([0.0, 1.0, 0.0])
     torch.manual_seed(7)
     grid = video_prediction(wm, batch, context=ctx)["recon/image"]
-    tiles = grid.reshape(B, 3, 64, T, 64, 3).transpose(0, 1, 3, 2, 4, 5)
+    tiles = _tiles(grid, B, T)
     # replay by hand: posterior over the context, then img_step with action[t-1] (zeroed state/action at is_first)
     torch.manual_seed(7)
     post, state = wm.observe({k: v[:, :ctx] for k, v in batch.items()})
@@ -99,7 +104,7 @@ def test_video_prediction_subsamples_rows_and_frames_and_keeps_mode():
     grid = video_prediction(wm, batch, context=5, max_rows=2, max_frames=8)["recon/image"]
     assert grid.shape == (2 * 3 * 64, 8 * 64, 3) and wm.training
     assert all(torch.equal(before[k], v) for k, v in wm.state_dict().items())
-    tiles = grid.reshape(2, 3, 64, 8, 64, 3).transpose(0, 1, 3, 2, 4, 5)
+    tiles = _tiles(grid, 2, 8)
     idx = report_frames(20, 5, 8)
     truth = batch["image"][:2, idx].numpy()                               # [2, 8, 64, 64, 1]
     np.testing.assert_array_equal(tiles[:, 0], np.repeat(truth, 3, -1))   # grey shown as equal RGB channels
