@@ -19,14 +19,14 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import types  # noqa: E402
+
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from dreamer_ext import cli, ops  # noqa: E402
 from dreamer_ext.envs import make_env  # noqa: E402
-from dreamer_ext.replay import Replay  # noqa: E402
-from dreamer_ext.loop import env_kwargs, to_torch, tune_cpu_allocator  # noqa: E402
-from dreamer_ext.train import seed_everything  # noqa: E402
+from dreamer_ext.loop import Mean, env_kwargs, tune_cpu_allocator  # noqa: E402
+from dreamer_ext.train import TrainState, act_and_step, make_replay, seed_everything, train_once  # noqa: E402
 
 UPDATES = 500
 KEY = "loss/rec_image"
@@ -43,27 +43,24 @@ def main() -> float:
     tune_cpu_allocator()
     agent = Agent(cfg, envs.spec)
     print(f"device: {agent.device} backend: {ops.get_backend()} params: {agent.param_count()['total']:,}", flush=True)
-    replay = Replay(cfg.replay_capacity, cfg.batch_length, online=cfg.replay_online, seed=cfg.seed)
+    # the training loop's own acting and update steps, on a run of just what they touch
+    run = types.SimpleNamespace(cfg=cfg, device=agent.device, agent=agent, replay=make_replay(cfg), envs=envs,
+                                st=TrainState())
 
     # collect frames with the (untrained) policy
     t0 = time.time()
     obs, carry = envs.reset(), agent.initial_carry(cfg.num_envs)
-    steps = 0
-    while steps < cfg.steps:
-        action, carry = agent.policy(to_torch(obs, agent.device), carry, sample=True)
-        action = action.cpu().numpy().astype(np.float32)
-        action[obs["is_last"]] = 0.0
-        replay.add_batch({**obs, "action": action})
-        obs = envs.step(action)
-        steps += cfg.num_envs
-    print(f"collected {steps} env steps in {time.time() - t0:.0f}s", flush=True)
+    while run.st.step < cfg.steps:
+        obs, carry = act_and_step(run, obs, carry)
+    print(f"collected {run.st.step} env steps in {time.time() - t0:.0f}s", flush=True)
 
     # train the agent on replayed windows
     losses = []
     t0 = time.time()
     for i in range(UPDATES):
-        metrics = agent.train_step(to_torch(replay.sample(cfg.batch_size), agent.device))
-        losses.append(metrics[KEY])
+        metrics = Mean()
+        train_once(run, metrics)
+        losses.append(metrics.result()[KEY])
         if i % 50 == 0 or i == UPDATES - 1:
             print(f"update {i}: {KEY}={losses[-1]:.2f} ({(i + 1) / (time.time() - t0):.2f} updates/s)", flush=True)
     initial, final = losses[0], float(np.mean(losses[-20:]))

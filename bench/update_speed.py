@@ -46,7 +46,7 @@ def main() -> None:
     spec = EnvSpec(obs={"image": ((64, 64, 3), "uint8")}, act_dim=A, discrete=True)
     agent = Agent(cfg, spec)
     dev = agent.device
-    B, T = cfg.batch_size, cfg.batch_length
+    B, T = cfg.batch_size, cfg.batch_length + cfg.replay_context  # windows hold the context step too
     g = torch.Generator().manual_seed(1)
     batch = {
         "image": torch.randint(0, 256, (B, T, 64, 64, 3), dtype=torch.uint8, generator=g),
@@ -57,6 +57,11 @@ def main() -> None:
     }
     batch["is_last"] = batch["is_terminal"].clone()
     batch["is_first"][:, 0] = True
+    if cfg.replay_context:  # stored RSSM states, as the replay holds them
+        batch.update(agent.latents({"h": torch.rand(B, T, agent.wm.rssm.deter, generator=g) * 2 - 1,
+                                    "z": torch.nn.functional.one_hot(torch.randint(
+                                        0, agent.wm.rssm.C, (B, T, agent.wm.rssm.S), generator=g),
+                                        agent.wm.rssm.C).float()}))
     batch = {k: v.to(dev) for k, v in batch.items()}
 
     def sync() -> None:
@@ -75,7 +80,7 @@ def main() -> None:
     per_update = (time.perf_counter() - t0) / args.iters
     print(f"loss/total={metrics['loss/total']:.3f} loss/critic={metrics['loss/critic']:.3f}")
 
-    N = B * T
+    N = B * cfg.batch_length  # imagination starts from every trained step
     rssm = agent.wm.rssm
     start = {"h": torch.randn(N, rssm.deter, device=dev) * 0.1,
              "z": torch.nn.functional.one_hot(torch.randint(0, rssm.C, (N, rssm.S), device=dev), rssm.C).float()}

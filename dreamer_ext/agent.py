@@ -5,6 +5,11 @@ This is the only object the training loop talks to.
 Batch layout (all ``[B, T, ...]``, any device): the spec's observation keys, ``action [B, T, A]`` = action taken at
 obs_t (the world model uses it shifted right by one as the previous action, zeros at t=0, masked by is_first),
 ``reward [B, T]`` = reward received on arriving at obs_t, ``is_first``, ``is_last`` and ``is_terminal`` bool ``[B, T]``.
+
+Replay context (``config.replay_context = K``, V2: 1): batches hold ``T + K`` steps plus the stored RSSM state of each
+step, ``latent_h [B, T+K, deter]`` (float16) and ``latent_z [B, T+K, S]`` (class indices), as written by
+:meth:`Agent.latents` when acting. The first K steps are context: the world model starts from the stored state of step
+K−1 and the action taken there, and learns on the T steps after it.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from .losses import total_loss
 from .optim import Optimizer
 from .world_model import WorldModel
 
-__all__ = ["Agent", "resolve_device"]
+__all__ = ["Agent", "resolve_device", "LATENT_KEYS"]
+
+LATENT_KEYS = ("latent_h", "latent_z")  # the replay's mutable entries (replay context)
 
 
 def cpu_has_bf16_instructions() -> bool:
@@ -149,6 +156,12 @@ class Agent(nn.Module):
         carry["action"] = torch.zeros(batch_size, self.spec.act_dim, device=self.device)
         return carry
 
+    def latents(self, state: dict) -> dict[str, torch.Tensor]:
+        """The replay-context entries of RSSM states ``{"h": [..., deter], "z": [..., S, C]}``: ``latent_h`` float16
+        ``[..., deter]`` and ``latent_z`` class indices ``[..., S]`` (see :meth:`RSSM.pack`), on the CPU."""
+        packed = self.wm.rssm.pack(state)
+        return {"latent_h": packed["h"].cpu(), "latent_z": packed["z"].cpu()}
+
     @torch.no_grad()
     def policy(self, obs: dict, carry: dict, sample: bool = True) -> tuple[torch.Tensor, dict]:
         """One acting step.
@@ -176,11 +189,17 @@ class Agent(nn.Module):
         return action, {"h": post["h"], "z": post["z"], "action": action}
 
     # ------------------------------------------------------------------ learning
-    def _prepare(self, batch: dict) -> dict:
+    def _prepare(self, batch: dict) -> tuple[dict, dict | None]:
+        """Checked, typed batch on the device, and the start state: with replay context the first K steps are cut off
+        and the stored state of step K−1 plus its action become the carry (None without replay context)."""
         need = list(self.wm.encoders) + ["action", "reward", "is_first", "is_last", "is_terminal"]
+        K = self.config.replay_context
+        if K:
+            need += LATENT_KEYS
         missing = [k for k in need if k not in batch]
         if missing:
-            raise ValueError(f"batch: missing keys {missing}")
+            hint = " (replay_context=1 trains on windows with stored latents; 0 trains without)" if K else ""
+            raise ValueError(f"batch: missing keys {missing}{hint}")
         data = {k: batch[k].to(self.device, non_blocking=True) for k in need}
         B, T = data["reward"].shape[:2]
         for k in need:
@@ -193,9 +212,15 @@ class Agent(nn.Module):
         data["is_first"] = data["is_first"].bool()
         data["is_terminal"] = data["is_terminal"].bool()
         data["is_last"] = data["is_last"].bool()
-        return data
+        if not K:
+            return data, None
+        if T <= K:
+            raise ValueError(f"batch: replay_context={K} needs windows of more than {K} steps, got {T}")
+        carry = self.wm.rssm.unpack(data.pop("latent_h")[:, K - 1], data.pop("latent_z")[:, K - 1])
+        carry["action"] = data["action"][:, K - 1]
+        return {k: v[:, K:] for k, v in data.items()}, carry
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict, return_latents: bool = False):
         """One full update: world model, imagination, actor, critic, optimiser, slow critic, return norm.
 
         Every loss term goes into one table (``loss/<term>``), scaled by :func:`~dreamer_ext.config.loss_scales` and
@@ -203,13 +228,17 @@ class Agent(nn.Module):
         entropies, return scale, grad norms, ...) as floats. A non-finite loss or gradient skips the update
         (``opt/skipped`` = 1): parameters, optimiser state and every buffer (return scale, slow-critic counter,
         objective state) are left exactly as they were.
+
+        ``return_latents=True`` returns ``(metrics, latents)``: the posterior states of the trained steps as
+        :meth:`latents` entries ``[B, T, ...]`` (computed before the optimiser step; the replay writes them back),
+        or None when the update was skipped.
         """
         self.train()
-        data = self._prepare(batch)
+        data, carry = self._prepare(batch)
         saved_buffers = [b.detach().clone() for b in self.buffers()]
         self.opt.zero_grad()
         with self.autocast():  # forward passes only; the backward pass follows the forward's dtypes
-            terms, post, metrics = self.wm.loss(data)
+            terms, post, metrics = self.wm.loss(data, carry)
             B, T = data["reward"].shape[:2]
             start = {"h": post["h"].detach().reshape(B * T, -1),
                      "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
@@ -235,4 +264,7 @@ class Agent(nn.Module):
         self.wm.objective.after_update(self.wm, data, metrics, ok)
         keys = list(metrics)
         vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys]).tolist()
-        return dict(zip(keys, vals))
+        metrics = dict(zip(keys, vals))
+        if not return_latents:
+            return metrics
+        return metrics, (self.latents(post) if ok else None)

@@ -4,6 +4,9 @@ Layout inside a run directory::
 
     checkpoints/ckpt-<step:012d>.pt   one file per checkpoint (the newest ``keep`` are kept)
     replay/chunk-<uid:08d>.npz        full replay chunks, each written once and shared by all checkpoints
+    replay/latent-<uid:08d>-<version:012d>.npz
+                                      the mutable entries of a full chunk (replay context: the stored RSSM latents), a
+                                      new file only when the chunk's version changed since the last save
 
 A checkpoint file is a ``torch.save`` dict holding only tensors and plain Python values (so it loads with
 ``weights_only=True``)::
@@ -13,13 +16,14 @@ A checkpoint file is a ``torch.save`` dict holding only tensors and plain Python
     agent                          Agent.checkpoint_state(): model (incl. slow critic, return scale), optimiser
     train_state                    the loop counters (train.TrainState as a dict)
     rng                            python / numpy / torch (CPU and CUDA) generator states
-    replay                         {"state": Replay.state_dict(), "chunks": [uid, ...], "tail": [partial chunks]}
+    replay                         {"state": Replay.state_dict(), "chunks": [uid, ...], "latents": [[uid, version], ...],
+                                    "tail": [partial chunks, all entries]}
     logs                           {"metrics_offset": bytes of metrics.jsonl at save time}
 
 Crash safety: every file is written to a temporary name in the same directory, flushed to disk and renamed over its
 final name, then the directory entry is synced. New full chunks are written *before* the checkpoint that refers to
-them, and chunk files are deleted only once no kept checkpoint refers to them, so a SIGKILL at any instant leaves the
-newest complete checkpoint loadable together with every chunk it names.
+them, and chunk and latent files are deleted only once no kept checkpoint refers to them, so a SIGKILL at any instant
+leaves the newest complete checkpoint loadable together with every file it names.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ CKPT_DIR = "checkpoints"
 REPLAY_DIR = "replay"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 _CHUNK_RE = re.compile(r"^chunk-(\d+)\.npz$")
+_LATENT_RE = re.compile(r"^latent-(\d+)-(\d+)\.npz$")
 
 
 class CheckpointError(RuntimeError):
@@ -257,42 +262,83 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------- replay
 def _chunk_to_payload(c: Chunk) -> dict:
     """A partial chunk as tensors (only its filled rows)."""
-    return {"uid": c.uid, "worker": c.worker, "start": c.start, "size": c.size, "count": c.count,
+    return {"uid": c.uid, "worker": c.worker, "start": c.start, "size": c.size, "count": c.count, "version": c.version,
             "time": torch.from_numpy(c.time[:c.count].copy()),
             "data": {k: torch.from_numpy(np.ascontiguousarray(v[:c.count])) for k, v in c.data.items()}}
 
 
 def _chunk_from_payload(d: dict) -> Chunk:
     return Replay.chunk_from_arrays(d["uid"], d["worker"], d["start"], d["size"], d["count"],
-                                    {k: v.numpy() for k, v in d["data"].items()}, d["time"].numpy())
+                                    {k: v.numpy() for k, v in d["data"].items()}, d["time"].numpy(),
+                                    d.get("version", 0))
 
 
-def _write_chunk_file(path: str, c: Chunk) -> None:
-    """A full chunk as an ``.npz`` (zip of .npy, fast deflate): ``meta`` = [uid, worker, start, size, count],
-    ``time`` and ``data.<key>`` arrays."""
+def _write_arrays(path: str, arrays: dict) -> None:
+    """Arrays as an ``.npz`` (zip of .npy, fast deflate), written atomically."""
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-            arrays = {"meta": np.array([c.uid, c.worker, c.start, c.size, c.count], np.int64), "time": c.time}
-            arrays.update({f"data.{k}": v for k, v in c.data.items()})
             for name, arr in arrays.items():
                 with z.open(name + ".npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, np.ascontiguousarray(arr), allow_pickle=False)
     atomic_write(path, write)
 
 
-def _read_chunk_file(path: str, uid: int) -> Chunk:
+def _read_arrays(path: str, what: str) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta = z["meta"]
-            data = {name[5:]: z[name] for name in z.files if name.startswith("data.")}
-            time = z["time"]
+            return {name: z[name] for name in z.files}
     except FileNotFoundError:
-        raise CheckpointError(f"replay chunk {path!r} named by the checkpoint is missing") from None
+        raise CheckpointError(f"{what} {path!r} named by the checkpoint is missing") from None
     except Exception as e:
-        raise CheckpointError(f"replay chunk {path!r} is unreadable ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{what} {path!r} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def _write_chunk_file(path: str, c: Chunk, mutable: tuple[str, ...] = ()) -> None:
+    """The immutable entries of a full chunk: ``meta`` = [uid, worker, start, size, count], ``time`` and ``data.<key>``
+    for every key not in ``mutable``."""
+    arrays = {"meta": np.array([c.uid, c.worker, c.start, c.size, c.count], np.int64), "time": c.time}
+    arrays.update({f"data.{k}": v for k, v in c.data.items() if k not in mutable})
+    _write_arrays(path, arrays)
+
+
+def _read_chunk_file(path: str, uid: int) -> Chunk:
+    z = _read_arrays(path, "replay chunk")
+    try:
+        meta, time = z["meta"], z["time"]
+    except KeyError as e:
+        raise CheckpointError(f"replay chunk {path!r} lacks the entry {e}") from None
+    data = {name[5:]: arr for name, arr in z.items() if name.startswith("data.")}
     if int(meta[0]) != uid:
         raise CheckpointError(f"replay chunk {path!r} holds uid {int(meta[0])}, expected {uid}")
     return Chunk(int(meta[0]), int(meta[1]), int(meta[2]), int(meta[3]), data, time, int(meta[4]))
+
+
+def _write_latent_file(path: str, c: Chunk, mutable: tuple[str, ...]) -> None:
+    """The mutable entries of a full chunk at its current version: ``meta`` = [uid, version], ``data.<key>``."""
+    arrays = {"meta": np.array([c.uid, c.version], np.int64)}
+    arrays.update({f"data.{k}": c.data[k] for k in mutable})
+    _write_arrays(path, arrays)
+
+
+def _read_latent_file(path: str, chunk: Chunk, version: int) -> None:
+    """Put the mutable entries saved in ``path`` into ``chunk`` (checked: uid, version, row count)."""
+    z = _read_arrays(path, "replay latent file")
+    meta = z.get("meta")
+    if meta is None or [int(meta[0]), int(meta[1])] != [chunk.uid, version]:
+        got = None if meta is None else meta.tolist()
+        raise CheckpointError(f"replay latent file {path!r} holds (uid, version) {got}, expected {[chunk.uid, version]}")
+    for name, arr in z.items():
+        if name.startswith("data."):
+            if arr.shape[:1] != (chunk.size,):
+                raise CheckpointError(f"replay latent file {path!r}: {name} has {arr.shape[0]} rows, the chunk "
+                                      f"{chunk.size}")
+            chunk.data[name[5:]] = arr
+    chunk.version = version
+
+
+def _file_refs(replay_entry: dict) -> set:
+    """The replay files a checkpoint's ``replay`` entry names: chunk uids (ints) and latent (uid, version) pairs."""
+    return {int(u) for u in replay_entry["chunks"]} | {(int(u), int(v)) for u, v in replay_entry.get("latents", [])}
 
 
 # ------------------------------------------------------------------------------------------------------ checkpointer
@@ -314,31 +360,44 @@ class Checkpointer:
         os.makedirs(self.replay_dir, exist_ok=True)
         _remove_stale_tmp(self.ckpt_dir)
         _remove_stale_tmp(self.replay_dir)
-        self._written: set[int] = set()  # chunk uids known to be on disk with the current contents
-        self._refs: dict[str, set[int]] = {}  # checkpoint path -> chunk uids it names
+        self._written: set[int] = set()  # chunk uids known to be on disk
+        self._written_latents: set[tuple[int, int]] = set()  # (uid, version) of latent files known to be on disk
+        self._refs: dict[str, set] = {}  # checkpoint path -> the chunk uids and latent (uid, version)s it names
 
     def chunk_path(self, uid: int) -> str:
         return os.path.join(self.replay_dir, f"chunk-{uid:08d}.npz")
+
+    def latent_path(self, uid: int, version: int) -> str:
+        return os.path.join(self.replay_dir, f"latent-{uid:08d}-{version:012d}.npz")
 
     def checkpoint_path(self, step: int) -> str:
         return os.path.join(self.ckpt_dir, f"ckpt-{step:012d}.pt")
 
     # ---------------------------------------------------------------- save
     def save(self, step: int, payload: dict, replay: Replay) -> str:
-        """Write a checkpoint for env step ``step``; ``payload`` holds everything but ``format``/``version``/``replay``."""
+        """Write a checkpoint for env step ``step``; ``payload`` holds everything but ``format``/``version``/``replay``.
+
+        Writes the full chunks new since the last save, and the mutable entries of every full chunk whose version is
+        new; partial chunks ride whole in the checkpoint file."""
         full, tail = [], []
         for c in replay.chunks(full_only=False):
             (full if c.full else tail).append(c)
+        mutable = replay.mutable
         for c in full:
             if c.uid not in self._written:
-                _write_chunk_file(self.chunk_path(c.uid), c)
+                _write_chunk_file(self.chunk_path(c.uid), c, mutable)
                 self._written.add(c.uid)
+            if mutable and (c.uid, c.version) not in self._written_latents:
+                _write_latent_file(self.latent_path(c.uid, c.version), c, mutable)
+                self._written_latents.add((c.uid, c.version))
         uids = [c.uid for c in full]
+        latents = [[c.uid, c.version] for c in full] if mutable else []
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), **payload,
-               "replay": {"state": replay.state_dict(), "chunks": uids, "tail": [_chunk_to_payload(c) for c in tail]}}
+               "replay": {"state": replay.state_dict(), "chunks": uids, "latents": latents,
+                          "tail": [_chunk_to_payload(c) for c in tail]}}
         path = self.checkpoint_path(step)
         atomic_write(path, lambda f: torch.save(doc, f))
-        self._refs[path] = set(uids)
+        self._refs[path] = _file_refs(doc["replay"])
         self._prune()
         return path
 
@@ -347,21 +406,24 @@ class Checkpointer:
         for _, path in found[:-self.keep]:
             os.unlink(path)
             self._refs.pop(path, None)
-        referenced: set[int] = set()
+        referenced: set = set()
         for _, path in found[-self.keep:]:
             refs = self._refs.get(path)
-            if refs is None:  # written by an earlier process: read only its chunk list
+            if refs is None:  # written by an earlier process: read only its file lists
                 try:
-                    refs = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["replay"]["chunks"])
+                    refs = _file_refs(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["replay"])
                 except Exception:
-                    return  # unreadable: keep every chunk file rather than guess
+                    return  # unreadable: keep every replay file rather than guess
                 self._refs[path] = refs
             referenced |= refs
         for name in os.listdir(self.replay_dir):
-            m = _CHUNK_RE.match(name)
+            m, lm = _CHUNK_RE.match(name), _LATENT_RE.match(name)
             if m and int(m.group(1)) not in referenced:
                 os.unlink(os.path.join(self.replay_dir, name))
                 self._written.discard(int(m.group(1)))
+            elif lm and (int(lm.group(1)), int(lm.group(2))) not in referenced:
+                os.unlink(os.path.join(self.replay_dir, name))
+                self._written_latents.discard((int(lm.group(1)), int(lm.group(2))))
 
     # ---------------------------------------------------------------- load
     def load(self, path: str | None = None, replay: Replay | None = None, map_location="cpu") -> dict:
@@ -376,7 +438,13 @@ class Checkpointer:
         try:
             rp = payload["replay"]
             uids = [int(u) for u in rp["chunks"]]
-            chunks = [_read_chunk_file(self.chunk_path(uid), uid) for uid in uids]
+            versions = {int(u): int(v) for u, v in rp.get("latents", [])}
+            chunks = []
+            for uid in uids:
+                chunk = _read_chunk_file(self.chunk_path(uid), uid)
+                if uid in versions:
+                    _read_latent_file(self.latent_path(uid, versions[uid]), chunk, versions[uid])
+                chunks.append(chunk)
             chunks += [_chunk_from_payload(d) for d in rp["tail"]]
             replay.load_state_dict(rp["state"], chunks)
         except CheckpointError:
@@ -384,4 +452,5 @@ class Checkpointer:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise CheckpointError(f"checkpoint {payload.get('path')!r}: replay does not match ({e})") from None
         self._written = set(uids)
-        self._refs[payload["path"]] = set(uids)
+        self._written_latents = set(versions.items())
+        self._refs[payload["path"]] = _file_refs(rp)

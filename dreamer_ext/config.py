@@ -54,7 +54,7 @@ def at_least(n: int) -> Check:
     return lambda v: None if v >= n else f"must be >= {n}, got {v!r}"
 
 
-def one_of(*options: str, hints: dict | None = None) -> Check:
+def one_of(*options, hints: dict | None = None) -> Check:
     def check(v):
         if v in options:
             return None
@@ -254,9 +254,14 @@ class Config:
     train_ratio: float = option(256.0, "replayed steps per env step (V2 256, V1 1024)", positive)
     batch_size: int = option(16, "batch size B", positive)
     batch_length: int = option(64, "sequence length T", positive)
-    replay_capacity: int = option(5_000_000, "replay capacity in steps (at least max(batch_size, num_envs)*batch_length)",
+    replay_capacity: int = option(5_000_000, "replay capacity in steps (at least max(batch_size, num_envs) * "
+                                             "(batch_length + replay_context))",
                               positive)
     replay_online: bool = option(True, "V2 online queue: each fresh window is sampled once first")
+    replay_context: int = option(1, "V2 replay context: 1 = replayed windows hold one extra leading step whose stored "
+                                    "RSSM state (written when acting, rewritten after each update) starts the world "
+                                    "model; 0 = windows of batch_length steps that start from zeros",
+                             one_of(0, 1))
     backend: str = option("kernels", "ops backend: kernels | reference", one_of("kernels", "reference"))
     objective: str = option("dreamer", "world-model objective: dreamer (RePo is planned)",
                         one_of("dreamer", hints=_OBJECTIVE_HINTS))
@@ -316,9 +321,10 @@ def _check_relations(cfg: Config) -> None:
     if cfg.loss.repval > 0 and cfg.batch_length < 2:
         raise ValueError(f"batch_length: the replay-value loss needs windows of at least 2 steps, got "
                          f"{cfg.batch_length} (or pass --loss.repval=0)")
-    need = max(cfg.batch_size, cfg.num_envs) * cfg.batch_length
+    need = max(cfg.batch_size, cfg.num_envs) * (cfg.batch_length + cfg.replay_context)
     if cfg.replay_capacity < need:
-        raise ValueError(f"replay_capacity: must be at least max(batch_size, num_envs) * batch_length = {need} "
+        raise ValueError(f"replay_capacity: must be at least max(batch_size, num_envs) * (batch_length + "
+                         f"replay_context) = {need} "
                          f"(else training can never start), got {cfg.replay_capacity}")
 
 
@@ -490,9 +496,12 @@ def config_to_dict(cfg: Config) -> dict:
 
 def _upgrade(d: dict) -> dict:
     """Configs saved by earlier versions: ``loss.pred`` (one scale for rec, rew and con) becomes the three scales;
-    the unused ``repo`` section is dropped."""
+    the unused ``repo`` section is dropped; a full config without ``replay_context`` was trained (and its replay
+    stored) without it, so it gets 0."""
     d = dict(d)
     d.pop("repo", None)
+    if "replay_online" in d and "replay_context" not in d:
+        d["replay_context"] = 0
     if isinstance(d.get("loss"), dict) and "pred" in d["loss"]:
         loss = dict(d["loss"])
         pred = loss.pop("pred")

@@ -17,9 +17,15 @@ consecutive steps (numpy arrays, uint8 images stay uint8). Position ``p`` of a s
   windows from the queue (oldest first, each exactly once; windows whose data was evicted meanwhile are dropped), then fills the
   rest of the batch uniformly.
 
-Persistence: chunks are immutable once ``full``; each has a unique ``uid`` and knows its ``worker`` and stream
-``start``, so saving only the chunks completed since the last save is enough to write the replay incrementally.
-``state_dict()`` holds everything else (counters, stream bounds, online queue, RNG state) as plain JSON-able values.
+Mutable entries (replay context): keys named in ``mutable`` (the RSSM latents the acting policy stored with each step)
+may be rewritten later with :meth:`Replay.update`, e.g. with the posteriors an update just computed for the windows it
+trained on. Every other key is written once, by :meth:`Replay.add`.
+
+Persistence: the immutable entries of a chunk never change once it is ``full``; each chunk has a unique ``uid`` and knows
+its ``worker`` and stream ``start``, so saving only the chunks completed since the last save is enough to write them
+incrementally. A chunk's ``version`` is the replay's mutation counter at the last change of its mutable entries, so a
+saver can write those again only when ``(uid, version)`` is new. ``state_dict()`` holds everything else (counters,
+stream bounds, online queue, RNG state) as plain JSON-able values.
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ class Chunk:
     """Up to ``size`` consecutive steps of one stream.
 
     data: key -> array ``[size, ...]`` (dtype of the first step added); ``time`` int64 ``[size]`` global insertion counters;
-    ``start``: stream position of row 0; ``count``: rows filled.
+    ``start``: stream position of row 0; ``count``: rows filled; ``version``: the replay's mutation counter when a
+    mutable entry of this chunk last changed.
     """
 
     uid: int
@@ -44,6 +51,7 @@ class Chunk:
     data: dict = field(default_factory=dict)
     time: np.ndarray | None = None
     count: int = 0
+    version: int = 0
 
     @property
     def full(self) -> bool:
@@ -67,6 +75,7 @@ class Replay:
         online: enable the online queue.
         online_stride: new steps per stream between fresh windows (default ``length``).
         seed: seed of the sampling RNG.
+        mutable: step keys that :meth:`update` may rewrite after they were added (the stored latents).
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class Replay:
         online: bool = True,
         online_stride: int | None = None,
         seed: int = 0,
+        mutable: tuple[str, ...] = (),
     ):
         for name, v in (("length", length), ("capacity", capacity), ("chunk_size", chunk_size)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
@@ -91,6 +101,8 @@ class Replay:
         self.chunk_size = int(chunk_size)
         self.online = bool(online)
         self.online_stride = int(stride)
+        self.mutable = tuple(mutable)
+        self.mutations = 0  # counts changes of mutable entries (adds and updates): the chunk versions
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.streams: dict[int, _Stream] = {}
         self.online_queue: collections.deque = collections.deque()  # (worker, start position)
@@ -109,6 +121,9 @@ class Replay:
     def add(self, step: dict, worker: int = 0) -> None:
         """Append one step (key -> array of the per-step shape, or scalar) to ``worker``'s stream."""
         if self._spec is None:
+            missing = [k for k in self.mutable if k not in step]
+            if missing:
+                raise ValueError(f"step: missing the mutable keys {missing} this replay was made with")
             self._spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in step.items()}
         elif step.keys() != self._spec.keys():
             raise ValueError(f"step: keys {sorted(step)} differ from the first step's {sorted(self._spec)}")
@@ -127,6 +142,9 @@ class Replay:
             chunk.data[k][row] = v
         chunk.time[row] = self.inserted
         chunk.count += 1
+        if self.mutable:
+            self.mutations += 1
+            chunk.version = self.mutations
         stream.end += 1
         self.inserted += 1
         self.size += 1
@@ -191,7 +209,12 @@ class Replay:
         return sum(max(0, s.end - s.begin - self.length + 1) for s in self.streams.values())
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of windows: key -> array ``[batch_size, length, ...]`` with the stored dtypes.
+        """A batch of windows: key -> array ``[batch_size, length, ...]`` with the stored dtypes
+        (``read(sample_windows(batch_size))``)."""
+        return self.read(self.sample_windows(batch_size))
+
+    def sample_windows(self, batch_size: int) -> np.ndarray:
+        """Pick ``batch_size`` windows: int64 ``[batch_size, 2]`` rows of (worker, start position).
 
         Rows ``0..k-1`` are fresh windows from the online queue (k <= batch_size), the rest are uniform over all windows.
         Raises ValueError when no stream holds ``length`` steps yet.
@@ -217,11 +240,68 @@ class Replay:
             for i, j in zip(idx, which):
                 offset = int(i - (bounds[j] - counts[j]))
                 picks.append((workers[j], self.streams[workers[j]].begin + offset))
-        out = {k: np.empty((batch_size, self.length) + shape, dtype) for k, (shape, dtype) in self._spec.items()}
-        for b, (w, s) in enumerate(picks):
-            self._read(w, s, out, b)
         self.sampled += batch_size
+        return np.array(picks, np.int64).reshape(batch_size, 2)
+
+    def read(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """The steps of ``windows`` (``[B, 2]`` rows of worker, start): key -> ``[B, length, ...]``. Raises ValueError
+        for a window that is not (or no longer) stored."""
+        windows = self._check_windows(windows)
+        out = {k: np.empty((len(windows), self.length) + shape, dtype) for k, (shape, dtype) in self._spec.items()}
+        for b, (w, s) in enumerate(windows.tolist()):
+            if not self._window_ok(w, s):
+                raise ValueError(f"windows[{b}]: ({w}, {s}) is not a stored window of length {self.length}")
+            self._read(w, s, out, b)
         return out
+
+    def update(self, windows: np.ndarray, offset: int, values: dict[str, np.ndarray]) -> int:
+        """Rewrite mutable entries: ``values[key][b, t]`` goes to position ``start_b + offset + t`` of window ``b``'s
+        stream, for ``values[key]`` of shape ``[B, L, ...]`` with ``offset + L <= length``. Positions evicted since the
+        windows were sampled are skipped. Returns the number of steps written."""
+        windows = self._check_windows(windows)
+        bad = [k for k in values if k not in self.mutable]
+        if bad:
+            raise ValueError(f"values: keys {bad} are not mutable in this replay (mutable: {list(self.mutable)})")
+        lengths = set()
+        for k, v in values.items():
+            shape, dtype = self._spec[k]
+            if v.ndim < 2 or v.shape[0] != len(windows) or v.shape[2:] != shape:
+                raise ValueError(f"values[{k!r}]: expected shape [{len(windows)}, L, *{shape}], got {v.shape}")
+            lengths.add(v.shape[1])
+        if len(lengths) > 1:
+            raise ValueError(f"values: entries have different lengths {sorted(lengths)}")
+        L = lengths.pop() if lengths else 0
+        if not (isinstance(offset, (int, np.integer)) and offset >= 0 and offset + L <= self.length):
+            raise ValueError(f"offset: need 0 <= offset and offset + {L} <= length={self.length}, got {offset!r}")
+        self.mutations += 1
+        written = 0
+        for b, (w, s) in enumerate(windows.tolist()):
+            stream = self.streams.get(w)
+            if stream is None:
+                continue
+            lo, hi = max(s + offset, stream.begin), min(s + offset + L, stream.end)
+            pos = lo
+            c0 = stream.chunks[0].start if stream.chunks else 0
+            while pos < hi:
+                chunk = stream.chunks[(pos - c0) // self.chunk_size]
+                row = pos - chunk.start
+                n = min(hi - pos, chunk.count - row)
+                t = pos - (s + offset)
+                for k, v in values.items():
+                    chunk.data[k][row:row + n] = v[b, t:t + n]
+                chunk.version = self.mutations
+                written += n
+                pos += n
+        return written
+
+    def _check_windows(self, windows) -> np.ndarray:
+        windows = np.asarray(windows)
+        if windows.ndim != 2 or windows.shape[1] != 2 or not np.issubdtype(windows.dtype, np.integer):
+            raise ValueError(f"windows: expected integer rows of (worker, start) [B, 2], got {windows.dtype} "
+                             f"{windows.shape}")
+        if self._spec is None:
+            raise ValueError("replay: nothing stored yet")
+        return windows
 
     # ------------------------------------------------------------------------------------------------------------- state
     def stats(self) -> dict:
@@ -241,6 +321,8 @@ class Replay:
             "chunk_size": self.chunk_size,
             "online": self.online,
             "online_stride": self.online_stride,
+            "mutable": list(self.mutable),
+            "mutations": self.mutations,
             "size": self.size,
             "inserted": self.inserted,
             "evicted": self.evicted,
@@ -259,9 +341,11 @@ class Replay:
         The settings (capacity, length, chunk size, online, stride) must match this instance's. Raises ValueError
         naming what is inconsistent (a missing or overlapping chunk, a chunk not covering its stream, ...).
         """
-        for key in ("capacity", "length", "chunk_size", "online", "online_stride"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state[{key!r}]: saved replay has {state[key]!r}, this replay {getattr(self, key)!r}")
+        state = {"mutable": [], "mutations": 0, **state}  # saved before mutable entries existed
+        for key in ("capacity", "length", "chunk_size", "online", "online_stride", "mutable"):
+            mine = list(self.mutable) if key == "mutable" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"state[{key!r}]: saved replay has {state[key]!r}, this replay {mine!r}")
         spec = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in state["spec"].items()} or None
         by_worker: dict[int, list[Chunk]] = collections.defaultdict(list)
         for c in chunks:
@@ -293,7 +377,7 @@ class Replay:
             raise ValueError(f"chunks: given for workers {sorted(by_worker)} that the saved state does not have")
         self._spec = spec
         self.streams = streams
-        for key in ("size", "inserted", "evicted", "sampled", "sampled_online", "next_uid"):
+        for key in ("size", "inserted", "evicted", "sampled", "sampled_online", "next_uid", "mutations"):
             setattr(self, key, int(state[key]))
         self.online_queue = collections.deque((int(w), int(s)) for w, s in state["online_queue"])
         self.rng.bit_generator.state = state["rng"]
@@ -303,7 +387,7 @@ class Replay:
 
     @staticmethod
     def chunk_from_arrays(uid: int, worker: int, start: int, size: int, count: int, data: dict,
-                          time: np.ndarray) -> Chunk:
+                          time: np.ndarray, version: int = 0) -> Chunk:
         """A chunk of capacity ``size`` holding the first ``count`` rows ``data[key][:count]`` (rows beyond are zeros)."""
         if not 0 <= count <= size:
             raise ValueError(f"count: must be in [0, {size}], got {count}")
@@ -317,7 +401,7 @@ class Replay:
             full[k] = out
         t = np.zeros(size, np.int64)
         t[:count] = np.asarray(time)[:count]
-        return Chunk(int(uid), int(worker), int(start), int(size), full, t, int(count))
+        return Chunk(int(uid), int(worker), int(start), int(size), full, t, int(count), int(version))
 
     def chunks(self, since_uid: int = 0, full_only: bool = True) -> list[Chunk]:
         """Retained chunks with ``uid >= since_uid`` (the unit of incremental persistence), oldest first."""

@@ -77,6 +77,23 @@ class RSSM(nn.Module):
         return {"h": torch.zeros(batch_size, self.deter, device=device),
                 "z": torch.zeros(batch_size, self.S, self.C, device=device)}
 
+    def pack(self, state: State) -> dict[str, torch.Tensor]:
+        """Compact copy of a state for the replay (replay context): ``{"h": float16 [..., deter], "z": class indices
+        [..., S]}`` (uint8 when C <= 256, else int16). ``h`` is a convex mix of tanh outputs, so it lies in [-1, 1],
+        where float16 keeps 11 significant bits (more than the bf16 the model computes in); ``z`` is one-hot, so its
+        indices hold it exactly."""
+        idx = state["z"].detach().argmax(-1)
+        return {"h": state["h"].detach().to(torch.float16),
+                "z": idx.to(torch.uint8 if self.C <= 256 else torch.int16)}
+
+    def unpack(self, h: torch.Tensor, z: torch.Tensor) -> State:
+        """Inverse of :meth:`pack`: ``h[..., deter]`` (any float dtype), ``z[..., S]`` class indices -> float32 state
+        ``{"h": [..., deter], "z": one-hot [..., S, C]}``."""
+        if h.shape[-1] != self.deter or z.shape[-1] != self.S or h.shape[:-1] != z.shape[:-1]:
+            raise ValueError(f"h, z: expected [..., {self.deter}] and [..., {self.S}] with equal leading dims, got "
+                             f"{tuple(h.shape)} and {tuple(z.shape)}")
+        return {"h": h.float(), "z": F.one_hot(z.long(), self.C).float()}
+
     def feat(self, state: State) -> torch.Tensor:
         """``concat(h, flatten(z))``: ``[..., deter + S·C]``."""
         z = state["z"]

@@ -11,7 +11,8 @@ Units
 * **env steps** = agent decisions summed over all training environments (with action repeat k on Atari, one env step =
   k emulator frames). ``--steps``, ``--eval_every``, ``--log_every``, ``--checkpoint_every`` and ``--media_every``
   count env steps. With ``--num_envs=N`` every loop iteration adds N env steps.
-* **train ratio** = replayed steps / env steps. One update replays ``batch_size x batch_length`` steps, so the loop
+* **train ratio** = replayed steps / env steps. One update trains on ``batch_size x batch_length`` steps (with replay
+  context each window holds one more, leading step, whose stored latent only starts the world model), so the loop
   performs ``train_ratio / (batch_size * batch_length)`` updates per env step, accumulating the fractional part.
   Training starts once ``batch_size x batch_length`` steps are stored (the first qualifying iteration does one update).
 
@@ -19,7 +20,8 @@ Run directory
 -------------
 ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per line: ``step``, ``time`` and scalars),
 TensorBoard event files (the same scalars under the same names, reconstruction images ``recon/<key>`` and eval episode
-GIFs ``eval/episode``), ``checkpoints/ckpt-<step>.pt`` and ``replay/chunk-<uid>.npz`` (see :mod:`dreamer_ext.checkpoint`).
+GIFs ``eval/episode``), ``checkpoints/ckpt-<step>.pt``, ``replay/chunk-<uid>.npz`` and, with replay context,
+``replay/latent-<uid>-<version>.npz`` (see :mod:`dreamer_ext.checkpoint`).
 On resume, rows and events logged after the checkpoint (by the run that was stopped) are dropped, so the logs describe
 exactly the training that the resumed state went through.
 
@@ -297,8 +299,7 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
     agent = Agent(cfg, envs.spec)
-    replay = Replay(cfg.replay_capacity, cfg.batch_length, chunk_size=REPLAY_CHUNK, online=cfg.replay_online,
-                    seed=cfg.seed)
+    replay = make_replay(cfg)
     ckpt = Checkpointer(cfg.logdir, keep=cfg.checkpoint_keep)
     if payload is not None:
         restore_agent(agent, payload, envs.spec)
@@ -313,6 +314,15 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
     run = Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt)
     print_banner(run)
     return run
+
+
+def make_replay(cfg: Config) -> Replay:
+    """The run's replay: windows of ``batch_length + replay_context`` steps; with replay context the stored RSSM
+    latents (:data:`~dreamer_ext.agent.LATENT_KEYS`) are its mutable entries."""
+    from .agent import LATENT_KEYS
+
+    return Replay(cfg.replay_capacity, cfg.batch_length + cfg.replay_context, chunk_size=REPLAY_CHUNK,
+                  online=cfg.replay_online, seed=cfg.seed, mutable=LATENT_KEYS if cfg.replay_context else ())
 
 
 def print_banner(run: Run) -> None:
@@ -335,11 +345,15 @@ def print_banner(run: Run) -> None:
 # -------------------------------------------------------------------------------------------------------------- steps
 def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
     """One agent decision per training env: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env
-    resets and ignores it), then the envs step. Returns the next observations and recurrent carry."""
+    resets and ignores it), and with replay context so is the posterior state after obs_t; then the envs step.
+    Returns the next observations and recurrent carry."""
     action, carry = run.agent.policy(to_torch(obs, run.device), carry, sample=True)
     action = action.cpu().numpy().astype(np.float32)
     action[obs["is_last"]] = 0.0
-    run.replay.add_batch({**obs, "action": action})
+    step = {**obs, "action": action}
+    if run.cfg.replay_context:
+        step.update({k: v.numpy() for k, v in run.agent.latents(carry).items()})
+    run.replay.add_batch(step)
     run.st.step += run.cfg.num_envs
     return run.envs.step(action), carry
 
@@ -360,9 +374,13 @@ def updates_due(run: Run) -> int:
 
 
 def train_once(run: Run, metrics: Mean) -> dict:
-    """One update on a replayed batch; its metrics go into ``metrics`` unless it was skipped (non-finite)."""
-    batch = run.replay.sample(run.cfg.batch_size)
-    out = run.agent.train_step(to_torch(batch, run.device))
+    """One update on a replayed batch; its metrics go into ``metrics`` unless it was skipped (non-finite). With replay
+    context the posterior states it computed replace the stored ones of the steps it trained on."""
+    windows = run.replay.sample_windows(run.cfg.batch_size)
+    batch = run.replay.read(windows)
+    out, latents = run.agent.train_step(to_torch(batch, run.device), return_latents=True)
+    if latents is not None and run.cfg.replay_context:
+        run.replay.update(windows, run.cfg.replay_context, {k: v.numpy() for k, v in latents.items()})
     run.st.updates += 1
     if out["opt/skipped"]:
         run.st.skipped_updates += 1  # its losses are non-finite: counted, not averaged into the log

@@ -19,9 +19,11 @@ from .rssm import RSSM
 __all__ = ["WorldModel", "shift_actions"]
 
 
-def shift_actions(action: torch.Tensor) -> torch.Tensor:
-    """``action[B, T, A]`` taken at obs_t -> ``prev_action[B, T, A]`` (zeros at t=0, action_{t−1} after)."""
-    return torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+def shift_actions(action: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    """``action[B, T, A]`` taken at obs_t -> ``prev_action[B, T, A]``: ``first[B, A]`` (the action before the window;
+    zeros if None) at t=0, action_{t−1} after."""
+    head = torch.zeros_like(action[:, :1]) if first is None else first.to(action.dtype)[:, None]
+    return torch.cat([head, action[:, :-1]], 1)
 
 
 class WorldModel(nn.Module):
@@ -101,10 +103,14 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def observe(self, data: dict, carry: dict | None = None) -> tuple[dict, dict]:
-        """Encode and filter a batch ``[B, T, ...]``; returns (post with ``feat``, last state)."""
+        """Encode and filter a batch ``[B, T, ...]``; returns (post with ``feat``, last state).
+
+        ``carry``: the state before t=0 (zeros if None) — ``{"h": [B, deter], "z": [B, S, C]}`` plus optionally
+        ``"action": [B, A]``, the action taken there (replay context); is_first at t=0 still resets all three."""
         embed = self.encode(data)
-        prev_action = shift_actions(data["action"].float())
-        post, last = self.rssm.observe(embed, prev_action, data["is_first"].bool(), carry)
+        prev_action = shift_actions(data["action"].float(), None if carry is None else carry.get("action"))
+        state = None if carry is None else {"h": carry["h"], "z": carry["z"]}
+        post, last = self.rssm.observe(embed, prev_action, data["is_first"].bool(), state)
         post["feat"] = self.rssm.feat(post)
         return post, last
 

@@ -159,8 +159,11 @@ def test_configs_saved_by_earlier_versions_still_load():
 
 def test_relations_between_fields():
     with pytest.raises(ValueError, match="replay_capacity"):
-        make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=100)  # 16 streams need 16*8
-    make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=128)
+        make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=143)  # 16 streams need 16*(8+1)
+    make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=144)
+    with pytest.raises(ValueError, match="replay_capacity"):
+        make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=127, replay_context=0)
+    make_config(batch_size=4, batch_length=8, num_envs=16, replay_capacity=128, replay_context=0)
     with pytest.raises(ValueError, match="imag.retnorm_low"):
         make_config(imag={"retnorm_low": 60.0, "retnorm_high": 50.0})
     with pytest.raises(ValueError, match="actor.max_std"):

@@ -56,7 +56,10 @@ def test_video_prediction_grid_layout_truth_and_posterior():
     torch.manual_seed(123)
     post, _ = wm.observe(batch)
     want = _decoded(wm, post["feat"][:, :ctx]).numpy()
-    np.testing.assert_array_equal(tiles[:, 1, :ctx], want)
+    # the decoder runs on another batch shape there, and CPU convolution kernels chosen by shape may round a pixel
+    # to the neighbouring level (seen with oneDNN on AMD EPYC): equal up to one level, mostly exactly
+    diff = np.abs(tiles[:, 1, :ctx].astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     err = np.abs(tiles[:, 0].astype(int) - tiles[:, 1].astype(int))
     np.testing.assert_array_equal(tiles[:, 2], err)
     # open-loop frames are not the posterior reconstruction of those steps

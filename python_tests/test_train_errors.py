@@ -36,7 +36,7 @@ def test_logdir_that_cannot_be_created(tmp_path, capsys):
 def test_error_inside_the_loop_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
     from dreamer_ext.agent import Agent
 
-    def broken(self, batch):
+    def broken(self, batch, return_latents=False):
         raise ValueError("batch['reward']: something went wrong")
 
     monkeypatch.setattr(Agent, "train_step", broken)

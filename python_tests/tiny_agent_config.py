@@ -8,7 +8,8 @@ from dreamer_ext.envs.spec import EnvSpec
 
 
 def tiny_config(**overrides):
-    """A few-thousand-parameter model that still exercises every code path."""
+    """A few-thousand-parameter model that still exercises every code path. Replay context is off here so that
+    :func:`random_batch` windows train as they are; ``test_replay_context`` covers it (pass ``replay_context=1``)."""
     base = dict(
         rssm={"deter": 32, "hidden": 16, "stoch": 4, "classes": 4, "blocks": 4},
         encoder={"cnn_depth": 2, "mlp_units": 16, "mlp_layers": 2},
@@ -19,6 +20,7 @@ def tiny_config(**overrides):
         imag={"horizon": 4},
         optim={"warmup": 1},
         device="cpu",
+        replay_context=0,
     )
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
