@@ -2,12 +2,15 @@
 // dtype codes and stream handles in; kernels out. No torch here: dreamer_ext/ops validates
 // tensors, allocates outputs and passes data_ptr()s.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "common/kernels.h"
+#include "common/philox.h"
 #if defined(DX_EMU)
 #include "common/dx_math.h"
 #include "emu/selftest.h"
@@ -183,6 +186,33 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   }, py::arg("reward"), py::arg("cont"), py::arg("value"), py::arg("out"), py::arg("steps"), py::arg("m"),
      py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
      py::arg("device"), nogil);
+
+  // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----
+  m.def("philox4x32_10", [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
+    const dx::Philox4 r = dx::philox4x32_10(dx::Philox4{c[0], c[1], c[2], c[3]}, k[0], k[1]);
+    return std::array<uint32_t, 4>{r.x, r.y, r.z, r.w};
+  }, py::arg("counter"), py::arg("key"), "One Philox4x32-10 block: 4 counter words, 2 key words -> 4 words.");
+  m.def("philox_uniform", [](uint64_t seed, int64_t steps, int64_t rows, int64_t count, uint32_t stream,
+                             uint32_t step0, uintptr_t out) {
+    if (steps < 0 || rows < 0 || count < 0 || rows > (int64_t(1) << 32) || count > (int64_t(1) << 34))
+      throw std::invalid_argument("philox_uniform: steps, rows, count must be >= 0 (rows < 2^32)");
+    float* o = ptr<float>(out);
+    for (int64_t s = 0; s < steps; ++s)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < count; ++i)
+          *o++ = dx::rollout_uniform(seed, uint32_t(r), step0 + uint32_t(s), stream, uint32_t(i));
+  }, py::arg("seed"), py::arg("steps"), py::arg("rows"), py::arg("count"), py::arg("stream"), py::arg("step0"),
+     py::arg("out"), nogil,
+     "out[s, r, i] = the rollout's uniform i of (row r, step step0 + s, stream) under seed (float32 [steps, rows, count]).");
+
+  m.def("sample_index", [](uintptr_t probs, uintptr_t uniform, uintptr_t out, int64_t n, int64_t K) {
+    if (n < 0 || K < 1 || K > (int64_t(1) << 30)) throw std::invalid_argument("sample_index: need n >= 0 and K >= 1");
+    const float* p = ptr<const float>(probs);
+    const float* u = ptr<const float>(uniform);
+    int64_t* o = ptr<int64_t>(out);
+    for (int64_t i = 0; i < n; ++i) o[i] = dx::sample_index(p + i * K, int(K), u[i]);
+  }, py::arg("probs"), py::arg("uniform"), py::arg("out"), py::arg("n"), py::arg("K"), nogil,
+     "out[i] = the rollout's inverse-CDF draw from probs[i, :K] (float32) with uniform[i] (int64 out).");
 
 #if defined(DX_EMU)
   // ---- emulation-only: the emulated current device, and the primitives' test kernels ----

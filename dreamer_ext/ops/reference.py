@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return"]
+__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "philox4x32_10", "philox_uniform",
+           "sample_index"]
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -87,3 +88,58 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
     for t in range(T - 1, -1, -1):
         nxt = out[t].addcmul_(step[t], nxt)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- randomness
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of ``a * b`` for a 32-bit constant ``a`` and int64 tensors ``b`` in [0, 2^32):
+    the product is formed from 16-bit halves of ``b`` so nothing leaves int64."""
+    p_lo = (b & 0xFFFF) * a                        # < 2^48
+    p_hi = (b >> 16) * a                           # < 2^48
+    t = ((p_hi & 0xFFFF) << 16) + p_lo             # < 2^49
+    return (p_hi >> 16) + (t >> 32), t & _MASK32
+
+
+def philox4x32_10(counter: list[torch.Tensor], key: tuple[int, int]) -> list[torch.Tensor]:
+    """Philox4x32-10 on int64 tensors holding uint32 words: ``counter`` = 4 broadcastable tensors, ``key`` = 2
+    ints -> 4 tensors (the twin of ``csrc/common/philox.h``)."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
+    k0, k1 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+        hi0, lo0 = _mulhilo32(0xD2511F53, c0)
+        hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return [c0, c1, c2, c3]
+
+
+def philox_uniform(seed: int, steps: int, rows: int, count: int, stream: int, step0: int = 0) -> torch.Tensor:
+    """The rollout's uniforms: ``out[s, r, i]`` (float32 ``[steps, rows, count]``, in [0, 1)) = word ``i % 4`` of the
+    Philox block with counter ``(r, step0 + s, i // 4, stream)`` and key ``(seed low, seed high)``, as
+    ``(bits >> 8) * 2^-24``."""
+    s = torch.arange(steps, dtype=torch.int64).add_(step0).view(steps, 1, 1)
+    r = torch.arange(rows, dtype=torch.int64).view(1, rows, 1)
+    blocks = (count + 3) // 4
+    b = torch.arange(blocks, dtype=torch.int64).view(1, 1, blocks)
+    words = philox4x32_10([r, s, b, torch.tensor(stream)], (seed & _MASK32, (seed >> 32) & _MASK32))
+    bits = torch.stack(torch.broadcast_tensors(*words), -1).reshape(steps, rows, blocks * 4)[..., :count]
+    return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def sample_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from ``probs[..., K]`` with ``uniform[...]``: the first k whose float32 running sum (in class
+    order, one addition at a time, like the kernels) exceeds u; K−1 if none of the first K−1 does -> int64 ``[...]``.
+    (``torch.cumsum`` accumulates float32 in float64 on the CPU, so it can round differently.)"""
+    p = probs.detach().float()
+    u = uniform.to(torch.float32)
+    K = p.shape[-1]
+    c = torch.zeros_like(u)
+    idx = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
+    for k in range(K - 1):
+        c = c + p[..., k]
+        idx += (c <= u).long()  # the running sum is non-decreasing, so this counts the sums <= u
+    return idx
