@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <vector>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -86,6 +87,57 @@ void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, 
     const dx::UnaryParams<T> p{ptr<const T>(x), ptr<T>(y), n};
     if (log) DX_RUN(symlog_fwd, T, p, cuda, e); else DX_RUN(symexp_fwd, T, p, cuda, e);
   });
+}
+
+// The rollout's parameter struct from the flat lists the Python wrapper passes (it has checked every shape).
+dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vector<double>& f, uint64_t seed,
+                                 const std::vector<uintptr_t>& w, uintptr_t h0, uintptr_t z0, uintptr_t h_out,
+                                 uintptr_t z_out, uintptr_t a_out) {
+  if (d.size() != 14 || f.size() != 4) throw std::invalid_argument("rollout: dims needs 14 entries and floats 4");
+  dx::RolloutParams p{};
+  p.n = d[0];
+  p.horizon = int(d[1]);
+  p.deter = int(d[2]); p.blocks = int(d[3]); p.hidden = int(d[4]); p.stoch = int(d[5]); p.classes = int(d[6]);
+  p.act_dim = int(d[7]); p.discrete = d[8] != 0; p.norm = int(d[9]);
+  p.actor_layers = int(d[10]);
+  const int units = int(d[11]);
+  p.dyn_layers = int(d[12]); p.prior_layers = int(d[13]);
+  p.rssm_unimix = float(f[0]); p.actor_unimix = float(f[1]); p.min_std = float(f[2]); p.max_std = float(f[3]);
+  p.seed = seed;
+  for (int v : {p.actor_layers, p.dyn_layers, p.prior_layers})
+    if (v < 0 || v > dx::kRolloutMaxLayers) throw std::invalid_argument("rollout: at most 8 layers per MLP");
+  const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks;
+  const int first = g * (D / g + 3 * Hd);
+  const size_t need = size_t(4 * (p.actor_layers + 3 + p.prior_layers + p.dyn_layers) + 2 * 3);
+  if (w.size() != need) throw std::invalid_argument("rollout: expected " + std::to_string(need) + " weight pointers");
+  size_t i = 0;
+  auto dense = [&](int in, int out) {
+    dx::DenseW L{ptr<const float>(w[i]), ptr<const float>(w[i + 1]), ptr<const float>(w[i + 2]),
+                 ptr<const float>(w[i + 3]), in, out};
+    i += 4;
+    return L;
+  };
+  auto linear = [&](int in, int out) {
+    dx::DenseW L{ptr<const float>(w[i]), ptr<const float>(w[i + 1]), nullptr, nullptr, in, out};
+    i += 2;
+    return L;
+  };
+  for (int l = 0; l < p.actor_layers; ++l) p.actor[l] = dense(l == 0 ? D + S * C : units, units);
+  p.actor_out = linear(units, p.discrete ? A : 2 * A);
+  p.in_h = dense(D, Hd);
+  p.in_z = dense(S * C, Hd);
+  p.in_a = dense(A, Hd);
+  for (int l = 0; l < p.dyn_layers; ++l) {
+    const dx::DenseW L = dense(l == 0 ? first : D, D);
+    p.dyn[l] = dx::BlockW{L.w, L.b, L.nw, L.nb, L.in, L.out};
+  }
+  const dx::DenseW G = linear(p.dyn_layers ? D : first, 3 * D);
+  p.gru = dx::BlockW{G.w, G.b, nullptr, nullptr, G.in, G.out};
+  for (int l = 0; l < p.prior_layers; ++l) p.prior[l] = dense(l == 0 ? D : Hd, Hd);
+  p.prior_out = linear(p.prior_layers ? Hd : D, S * C);
+  p.h0 = ptr<const float>(h0); p.z0 = ptr<const int32_t>(z0);
+  p.h_out = ptr<float>(h_out); p.z_out = ptr<int32_t>(z_out); p.a_out = ptr<float>(a_out);
+  return p;
 }
 
 }  // namespace
@@ -186,6 +238,22 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   }, py::arg("reward"), py::arg("cont"), py::arg("value"), py::arg("out"), py::arg("steps"), py::arg("m"),
      py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
      py::arg("device"), nogil);
+
+  // ---- the fused imagination rollout (float32) ----
+  m.def("rollout", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
+                      uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out, uintptr_t a_out, bool cuda,
+                      int nthreads, uintptr_t stream, int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
+    const dx::RolloutParams p = rollout_params(dims, fl, seed, w, h0, z0, h_out, z_out, a_out);
+    if (cuda) throw std::invalid_argument("rollout: the CUDA rollout is not implemented yet; use CPU tensors");
+    py::gil_scoped_release nogil_;
+    dx::cpu::rollout_fwd(p, e);
+  }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h0"), py::arg("z0"),
+     py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
+     py::arg("device"),
+     "Fused rollout. dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
+     "actor_units, dyn_layers, prior_layers]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
+     "pointers in the order of dreamer_ext.ops.rollout_weight_names.");
 
   // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----
   m.def("philox4x32_10", [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {

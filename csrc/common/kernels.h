@@ -16,3 +16,7 @@
 
 DX_DECLARE_KERNELS(cpu)
 DX_DECLARE_KERNELS(cuda)
+
+// The fused imagination rollout (float32; CPU only so far).
+#include "rollout.h"
+namespace dx { namespace cpu { void rollout_fwd(const RolloutParams& p, const Exec& e); } }

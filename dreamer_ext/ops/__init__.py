@@ -7,6 +7,8 @@
 bins)``                                    tensor built); differentiable w.r.t. ``logits``
 ``lambda_return(reward, cont, value,       time-major ``reward[T, ...]``, ``cont[T, ...]``, ``value[T+1, ...]`` ->
 gamma, lam)``                              ``R[T, ...]``; no gradient (targets)
+``rollout(h0, z0, weights, dims, floats,   the fused imagination rollout (actor, sampling, block-GRU core, prior,
+seed)``                                    latent sampling for H steps); float32, CPU; no gradient
 =========================================  =====================================================================
 
 float32 and float64 run natively; float16/bfloat16 inputs are computed in float32 and cast back.
@@ -27,8 +29,8 @@ import torch
 
 from . import reference
 
-__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "set_backend", "get_backend", "use_backend",
-           "backend_report", "OP_NAMES"]
+__all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "rollout_weight_shapes",
+           "ROLLOUT_DIMS", "set_backend", "get_backend", "use_backend", "backend_report", "OP_NAMES"]
 
 OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return")
 _BACKENDS = ("kernels", "reference")
@@ -281,3 +283,106 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
     else:  # eager: straight to the launch (the kernel reads raw memory, so no autograd to detach from)
         out = _kernel_module._lambda_return_run(reward, cont, value, gamma, lam)
     return out if out.dtype == out_dt else out.to(out_dt)
+
+
+# ---- the fused imagination rollout -------------------------------------------------------------------
+ROLLOUT_DIMS = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
+                "actor_layers", "actor_units", "dyn_layers", "prior_layers")
+
+
+def rollout_weight_shapes(dims) -> list[tuple[str, tuple | None]]:
+    """``[(name, shape), ...]`` of the rollout's weights in the order the op takes them; ``None`` marks an absent
+    tensor (the LayerNorm offsets under RMSNorm). Dense weights are K-major ``[in, out]``, block-linear ones
+    ``[g, in/g, out/g]``."""
+    d = dict(zip(ROLLOUT_DIMS, (int(v) for v in dims)))
+    D, g, Hd, S, C, A = d["deter"], d["blocks"], d["hidden"], d["stoch"], d["classes"], d["act_dim"]
+    U, layer_norm = d["actor_units"], d["norm"] == 1
+    out = []
+
+    def dense(name, i, o):
+        out.extend([(f"{name}.W", (i, o)), (f"{name}.b", (o,)), (f"{name}.norm.w", (o,)),
+                    (f"{name}.norm.b", (o,) if layer_norm else None)])
+
+    for l in range(d["actor_layers"]):
+        dense(f"actor.{l}", D + S * C if l == 0 else U, U)
+    out.extend([("actor_out.W", (U, A if d["discrete"] else 2 * A)), ("actor_out.b", (A if d["discrete"] else 2 * A,))])
+    dense("in_h", D, Hd)
+    dense("in_z", S * C, Hd)
+    dense("in_a", A, Hd)
+    first = g * (D // g + 3 * Hd)
+    for l in range(d["dyn_layers"]):
+        i = first if l == 0 else D
+        out.extend([(f"dyn.{l}.W", (g, i // g, D // g)), (f"dyn.{l}.b", (D,)), (f"dyn.{l}.norm.w", (D,)),
+                    (f"dyn.{l}.norm.b", (D,) if layer_norm else None)])
+    i = D if d["dyn_layers"] else first
+    out.extend([("gru.W", (g, i // g, 3 * D // g)), ("gru.b", (3 * D,))])
+    for l in range(d["prior_layers"]):
+        dense(f"prior.{l}", D if l == 0 else Hd, Hd)
+    i = Hd if d["prior_layers"] else D
+    out.extend([("prior_out.W", (i, S * C)), ("prior_out.b", (S * C,))])
+    return out
+
+
+def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
+    if len(dims) != len(ROLLOUT_DIMS) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims):
+        raise ValueError(f"dims: expected {len(ROLLOUT_DIMS)} ints {ROLLOUT_DIMS}, got {dims!r}")
+    d = dict(zip(ROLLOUT_DIMS, dims))
+    if d["horizon"] < 1 or d["n"] < 0 or min(d[k] for k in ("deter", "blocks", "hidden", "stoch", "classes",
+                                                             "act_dim", "actor_units")) < 1:
+        raise ValueError(f"dims: horizon, sizes and counts must be positive, got {d}")
+    if d["deter"] % d["blocks"]:
+        raise ValueError(f"dims: deter={d['deter']} is not divisible by blocks={d['blocks']}")
+    if d["norm"] not in (0, 1) or d["discrete"] not in (0, 1):
+        raise ValueError(f"dims: norm and discrete must be 0 or 1, got {d['norm']} and {d['discrete']}")
+    for k in ("actor_layers", "prior_layers"):
+        if not 1 <= d[k] <= 8:
+            raise ValueError(f"dims: {k} must be in [1, 8], got {d[k]}")
+    if not 0 <= d["dyn_layers"] <= 8:
+        raise ValueError(f"dims: dyn_layers must be in [0, 8], got {d['dyn_layers']}")
+    if len(floats) != 4:
+        raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
+    if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed: expected an int in [0, 2^63), got {seed!r}")
+    n, D, S, C = d["n"], d["deter"], d["stoch"], d["classes"]
+    if not isinstance(h0, torch.Tensor) or h0.dtype != torch.float32 or tuple(h0.shape) != (n, D):
+        raise ValueError(f"h0: expected a float32 tensor [{n}, {D}], got "
+                         f"{getattr(h0, 'dtype', type(h0).__name__)} {tuple(getattr(h0, 'shape', ()))}")
+    if not isinstance(z0, torch.Tensor) or z0.dtype != torch.int32 or tuple(z0.shape) != (n, S):
+        raise ValueError(f"z0: expected int32 class indices [{n}, {S}], got "
+                         f"{getattr(z0, 'dtype', type(z0).__name__)} {tuple(getattr(z0, 'shape', ()))}")
+    if z0.numel() and (int(z0.min()) < 0 or int(z0.max()) >= C):
+        raise ValueError(f"z0: class indices must lie in [0, {C})")
+    _check_same_device("h0", h0, "z0", z0)
+    shapes = rollout_weight_shapes(dims)
+    if len(weights) != len(shapes):
+        raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
+    for (name, shape), w in zip(shapes, weights):
+        if shape is None:
+            if w is not None:
+                raise ValueError(f"weights[{name}]: must be None with RMSNorm (norm=0)")
+            continue
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.float32 or tuple(w.shape) != shape:
+            raise ValueError(f"weights[{name}]: expected float32 {shape}, got "
+                             f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
+        _check_same_device("h0", h0, f"weights[{name}]", w)
+    if h0.is_cuda:
+        raise ValueError("h0: the rollout runs on CPU tensors only so far (its CUDA kernels are not written yet)")
+
+
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused imagination rollout: from start states ``h0 [N, deter]`` (float32) and ``z0 [N, stoch]`` (int32 class
+    indices), run the actor, sample an action, step the block-GRU core, run the prior and sample the next latent,
+    ``horizon`` times. ``weights``: the tensors named by :func:`rollout_weight_shapes` (float32, contiguous after this
+    call); ``dims``: ints named by :data:`ROLLOUT_DIMS`; ``floats``: [rssm_unimix, actor_unimix, min_std, max_std];
+    ``seed``: the Philox key (the uniforms of row r, step t are :func:`reference.philox_uniform`'s). Returns
+    (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
+    """
+    _check_rollout(h0, z0, weights, list(dims), list(floats), seed)
+    weights = [None if w is None else w.detach().contiguous() for w in weights]
+    h0, z0 = h0.detach().contiguous(), z0.contiguous()
+    if _backend == "reference":
+        return reference.rollout(h0, z0, weights, dims, floats, seed)
+    if torch.compiler.is_compiling():
+        return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
+    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed)

@@ -21,6 +21,8 @@ lib.define("twohot(Tensor x, Tensor bins) -> Tensor")
 lib.define("twohot_ce_fwd(Tensor logits, Tensor target, Tensor bins) -> (Tensor, Tensor)")
 lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins, Tensor lse) -> Tensor")
 lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
+lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed) "
+           "-> (Tensor, Tensor, Tensor)")
 
 
 def _launch(t: torch.Tensor, emulate: bool) -> tuple:
@@ -206,3 +208,26 @@ def _twohot_ce_backward(ctx, grad_loss, grad_lse):
 
 
 torch.library.register_autograd("dreamer_ext::twohot_ce_fwd", _twohot_ce_backward, setup_context=_twohot_ce_setup)
+
+
+# ---- the fused imagination rollout ---------------------------------------------------------------------
+def _rollout_outputs(h0, dims):
+    n, H, D, S, A = dims[0], dims[1], dims[2], dims[5], dims[7]
+    return (h0.new_empty(H + 1, n, D), h0.new_empty(H + 1, n, S, dtype=torch.int32), h0.new_empty(H, n, A))
+
+
+def _rollout_impl(h0, z0, weights, dims, floats, seed, mod=_C, emulate=False):
+    h, z, a = _rollout_outputs(h0, dims)
+    ptrs = [0 if w is None else w.data_ptr() for w in weights]
+    nthreads = 1 if emulate else torch.get_num_threads()
+    mod.rollout(list(dims), list(floats), int(seed), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
+                a.data_ptr(), False, nthreads, 0, -1)
+    return h, z, a
+
+
+lib.impl("rollout", _rollout_impl, "CPU")
+
+
+@torch.library.register_fake("dreamer_ext::rollout")
+def _(h0, z0, weights, dims, floats, seed):
+    return _rollout_outputs(h0, dims)

@@ -16,9 +16,10 @@ PyTorch user would write, not a strawman:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "philox4x32_10", "philox_uniform",
-           "sample_index"]
+           "sample_index", "rollout"]
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -143,3 +144,64 @@ def sample_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         c = c + p[..., k]
         idx += (c <= u).long()  # the running sum is non-decreasing, so this counts the sums <= u
     return idx
+
+
+# ------------------------------------------------------------------------------------------------------ rollout
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused imagination rollout, step by step in PyTorch (see :func:`dreamer_ext.ops.rollout` for the
+    arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
+    and the draws from :func:`sample_index`, so the kernels sample the same classes wherever the probabilities
+    agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``)."""
+    n, H, D, g, Hd, S, C, A, discrete, norm, La, _units, Ld, Lp = (int(v) for v in dims)
+    rssm_mix, actor_mix, min_std, max_std = (float(v) for v in floats)
+    it = iter(weights)
+
+    def take(k):
+        return [next(it) for _ in range(k)]
+
+    actor, actor_out = [take(4) for _ in range(La)], take(2)
+    in_h, in_z, in_a = take(4), take(4), take(4)
+    dyn, gru = [take(4) for _ in range(Ld)], take(2)
+    prior, prior_out = [take(4) for _ in range(Lp)], take(2)
+
+    def normed(y, nw, nb):
+        return F.rms_norm(y, (y.shape[-1],), nw, 1e-4) if norm == 0 else F.layer_norm(y, (y.shape[-1],), nw, nb, 1e-3)
+
+    def dense(x, layer):  # [W (K-major), b] or [W, b, norm weight, norm bias]: Linear (+ norm + SiLU)
+        y = x @ layer[0] + layer[1]
+        return F.silu(normed(y, layer[2], layer[3])) if len(layer) == 4 else y
+
+    def mlp(x, hidden, out):
+        for layer in hidden:
+            x = dense(x, layer)
+        return dense(x, out)
+
+    def block(x, layer):  # x [N, in] -> [N, out] with W [g, in/g, out/g]
+        y = torch.einsum("ngi,gio->ngo", x.reshape(x.shape[0], g, -1), layer[0])
+        return y.reshape(x.shape[0], -1) + layer[1]
+
+    h, z = h0.float(), z0.long()
+    hs, zs, acts = [h], [z.to(torch.int32)], []
+    for t in range(H):
+        onehot = F.one_hot(z, C).float().reshape(n, S * C)
+        logits = mlp(torch.cat([h, onehot], -1), actor, actor_out)
+        ua = philox_uniform(seed, 1, n, 1 if discrete else A, 1, t)[0].to(h.device)
+        if discrete:
+            probs = torch.softmax(logits, -1) * (1.0 - actor_mix) + actor_mix / A
+            a = a_in = F.one_hot(sample_index(probs, ua[:, 0]), A).float()
+        else:
+            mean, std = torch.tanh(logits[:, :A]), (max_std - min_std) * torch.sigmoid(logits[:, A:] + 2.0) + min_std
+            a = mean + std * (2.0 ** 0.5) * torch.erfinv(2.0 * ua.clamp(1e-6, 1 - 1e-6) - 1.0)
+            a_in = a / a.abs().clamp(min=1.0)
+        x3 = torch.cat([dense(h, in_h), dense(onehot, in_z), dense(a_in, in_a)], -1)
+        x = torch.cat([h.reshape(n, g, D // g), x3[:, None].expand(n, g, 3 * Hd)], -1).reshape(n, -1)
+        for layer in dyn:
+            x = F.silu(normed(block(x, layer), layer[2], layer[3]))
+        r, c, u = block(x, gru).reshape(n, g, 3, D // g).unbind(2)
+        upd = torch.sigmoid(u - 1.0)
+        h = (upd * torch.tanh(torch.sigmoid(r) * c) + (1.0 - upd) * h.reshape(n, g, D // g)).reshape(n, D)
+        probs = torch.softmax(mlp(h, prior, prior_out).reshape(n, S, C), -1) * (1.0 - rssm_mix) + rssm_mix / C
+        z = sample_index(probs, philox_uniform(seed, 1, n, S, 0, t)[0].to(h.device))
+        hs.append(h), zs.append(z.to(torch.int32)), acts.append(a)
+    return torch.stack(hs), torch.stack(zs), torch.stack(acts)

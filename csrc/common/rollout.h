@@ -1,0 +1,92 @@
+// The fused imagination rollout: parameter struct and the per-element math shared by the CPU kernel
+// (csrc/cpu/rollout.cpp) and the CUDA kernels. What one step computes is in the project's rollout spec and
+// mirrors dreamer_ext.rssm.RSSM.img_step + dreamer_ext.behavior.Actor; the PyTorch twin is
+// dreamer_ext.ops.reference.rollout.
+#pragma once
+
+#include <cstdint>
+
+#include "dx_math.h"
+#include "philox.h"
+
+namespace dx {
+
+constexpr int kRolloutMaxLayers = 8;
+
+// Linear + norm (+ SiLU) layer with a K-major weight: y = norm(b + x @ w) with w [in, out].
+// nw is the norm scale, nb the LayerNorm offset (nullptr for RMSNorm). Output layers leave nw = nullptr.
+struct DenseW { const float* w; const float* b; const float* nw; const float* nb; int in; int out; };
+
+// Block-diagonal linear layer: w [g, in/g, out/g] (K-major per block), b [out]; plus the norm over all of
+// `out` that follows it in the core's dyn layers (nw, nb; unused for the gate layer).
+struct BlockW { const float* w; const float* b; const float* nw; const float* nb; int in; int out; };
+
+struct RolloutParams {
+  int64_t n;           // start states (rows)
+  int horizon;         // H imagined steps: states 0..H, actions 0..H-1
+  int deter, blocks, hidden, stoch, classes, act_dim;
+  bool discrete;       // one-hot actions (inverse-CDF sample) or BoundedNormal actions
+  int norm;            // 0: RMSNorm eps 1e-4 (V2), 1: LayerNorm eps 1e-3 (V1)
+  float rssm_unimix, actor_unimix, min_std, max_std;
+  uint64_t seed;       // Philox key of this call
+  int actor_layers; DenseW actor[kRolloutMaxLayers]; DenseW actor_out;  // actor_out: [units, A or 2A]
+  DenseW in_h, in_z, in_a;                                             // core inputs -> hidden each
+  int dyn_layers; BlockW dyn[kRolloutMaxLayers]; BlockW gru;           // gru: [g, in/g, 3 deter/g]
+  int prior_layers; DenseW prior[kRolloutMaxLayers]; DenseW prior_out;  // prior_out: [hidden, S*C]
+  const float* h0;     // [n, deter]
+  const int32_t* z0;   // [n, stoch] class indices
+  float* h_out;        // [H+1, n, deter]
+  int32_t* z_out;      // [H+1, n, stoch]
+  float* a_out;        // [H, n, act_dim]
+};
+
+// ---- per-element math (float32) ----
+DX_HD float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
+DX_HD float silu_(float x) { return x / (1.0f + exp_(-x)); }
+// tanh through exp: saturates cleanly to +-1 (exp overflows to inf, 2/(inf+1) = 0)
+DX_HD float tanh_(float x) { return 1.0f - 2.0f / (exp_(2.0f * x) + 1.0f); }
+
+// Block-GRU state update from the raw gate pre-activations (r, c, u) and the previous state h.
+DX_HD float gru_update(float r, float c, float u, float h) {
+  const float cand = tanh_(sigmoid_(r) * c);
+  const float upd = sigmoid_(u - 1.0f);
+  return upd * cand + (1.0f - upd) * h;
+}
+
+// Inverse error function, single precision (M. Giles, "Approximating the erfinv function", GPU Computing
+// Gems Jade Edition, 2011): two polynomial branches in w = -log((1 - x)(1 + x)). |x| < 1.
+DX_HD float erfinv_(float x) {
+  float w = -log_((1.0f - x) * (1.0f + x)), p;
+  if (w < 5.0f) {
+    w = w - 2.5f;
+    p = 2.81022636e-08f;
+    p = 3.43273939e-07f + p * w;
+    p = -3.5233877e-06f + p * w;
+    p = -4.39150654e-06f + p * w;
+    p = 0.00021858087f + p * w;
+    p = -0.00125372503f + p * w;
+    p = -0.00417768164f + p * w;
+    p = 0.246640727f + p * w;
+    p = 1.50140941f + p * w;
+  } else {
+    w = ::sqrtf(w) - 3.0f;
+    p = -0.000200214257f;
+    p = 0.000100950558f + p * w;
+    p = 0.00134934322f + p * w;
+    p = -0.00367342844f + p * w;
+    p = 0.00573950773f + p * w;
+    p = -0.0076224613f + p * w;
+    p = 0.00943887047f + p * w;
+    p = 1.00167406f + p * w;
+    p = 2.83297682f + p * w;
+  }
+  return p * x;
+}
+
+// A standard normal from a uniform, as the PyTorch BoundedNormal does: sqrt(2) erfinv(2u - 1), u clamped.
+DX_HD float normal_from_uniform(float u) {
+  u = u < 1e-6f ? 1e-6f : (u > 1.0f - 1e-6f ? 1.0f - 1e-6f : u);
+  return 1.41421356f * erfinv_(2.0f * u - 1.0f);
+}
+
+}  // namespace dx

@@ -1,0 +1,92 @@
+"""The model side of the fused imagination rollout (:func:`dreamer_ext.ops.rollout`): packing the actor, the RSSM
+core and the prior into the op's K-major float32 weights, once per parameter change, and a drop-in for
+:meth:`RSSM.imagine <dreamer_ext.rssm.RSSM.imagine>` built on it.
+
+The uniforms of row r at step t come from Philox (:func:`dreamer_ext.ops.reference.philox_uniform`) under a seed
+drawn from torch's default generator per call, so ``torch.manual_seed`` makes a rollout reproducible, and the
+PyTorch loop given the same uniforms samples the same classes wherever its probabilities round the same way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+
+__all__ = ["RolloutWeights", "fused_imagine", "draw_seed", "rollout_uniforms"]
+
+
+def draw_seed() -> int:
+    """A Philox key from torch's default CPU generator (advances it by one draw)."""
+    return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
+
+
+def rollout_uniforms(seed: int, n: int, horizon: int, stoch: int, action_uniforms: int, device=None) -> dict:
+    """The uniforms the fused rollout uses, in the layout of :meth:`RSSM.imagine`'s ``uniforms``:
+    ``{"latent": [H, N, S], "action": [H, N] (discrete: action_uniforms == 1) or [H, N, A]}``."""
+    latent = ops.reference.philox_uniform(seed, horizon, n, stoch, 0)
+    action = ops.reference.philox_uniform(seed, horizon, n, action_uniforms, 1)
+    if action_uniforms == 1:
+        action = action[..., 0]
+    return {"latent": latent.to(device), "action": action.to(device)}
+
+
+def _dense(layer) -> list:
+    """A DenseLayer (Linear + Norm) as [W (K-major), b, norm weight, norm bias or None]."""
+    norm = layer.norm
+    return [layer.linear.weight.t(), layer.linear.bias, norm.weight, norm.bias if norm.kind == "layer" else None]
+
+
+class RolloutWeights:
+    """The rollout op's weights for one (RSSM, actor) pair, repacked only when a parameter changed (their version
+    counters or storage moved), never per call."""
+
+    def __init__(self, rssm, actor):
+        self.rssm, self.actor = rssm, actor
+        self._params = [p for m in (rssm, actor) for p in m.parameters()]
+        self._key = None
+        self._packed: list | None = None
+        self.packs = 0  # how many times the weights were packed (tests)
+
+    def _state(self) -> tuple:
+        return tuple((p._version, p.data_ptr()) for p in self._params)
+
+    def get(self) -> list:
+        key = self._state()
+        if key != self._key:
+            self._packed = [None if w is None else w.detach().float().contiguous() for w in self._layout()]
+            self._key = key
+            self.packs += 1
+        return self._packed
+
+    def _layout(self) -> list:
+        r, a = self.rssm, self.actor
+        out = [w for layer in a.mlp for w in _dense(layer)] + [a.out.weight.t(), a.out.bias]
+        out += _dense(r.in_h) + _dense(r.in_z) + _dense(r.in_a)
+        for d in r.dyn:
+            out += [d["lin"].weight, d["lin"].bias, d["norm"].weight, d["norm"].bias if d["norm"].kind == "layer" else None]
+        out += [r.gru.weight, r.gru.bias]
+        out += [w for layer in r.prior_mlp for w in _dense(layer)] + [r.prior_out.weight.t(), r.prior_out.bias]
+        return out
+
+    def dims(self, n: int, horizon: int) -> list[int]:
+        r, a = self.rssm, self.actor
+        return [n, horizon, r.deter, r.g, r.hidden, r.S, r.C, a.act_dim, int(a.discrete),
+                int(r.in_h.norm.kind == "layer"), len(a.mlp), a.cfg.units, len(r.dyn), len(r.prior_mlp)]
+
+    def floats(self) -> list[float]:
+        return [float(self.rssm.unimix), float(self.actor.cfg.unimix), float(self.actor.cfg.min_std),
+                float(self.actor.cfg.max_std)]
+
+
+def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int | None = None) -> dict:
+    """:meth:`RSSM.imagine` through the fused op: ``start = {"h": [N, deter], "z": [N, S, C]}`` ->
+    ``{"h": [H+1, N, deter], "z": [H+1, N, S, C] one-hot, "feat": [H+1, N, F], "action": [H, N, A]}`` (no gradient).
+    ``seed``: the Philox key (default: :func:`draw_seed`)."""
+    h0 = start["h"].detach().float().contiguous()
+    z0 = start["z"].detach().argmax(-1).to(torch.int32)
+    seed = draw_seed() if seed is None else seed
+    h, z, a = ops.rollout(h0, z0, weights.get(), weights.dims(h0.shape[0], horizon), weights.floats(), seed)
+    z1 = F.one_hot(z.long(), weights.rssm.C).float()
+    feat = torch.cat([h, z1.reshape(*z1.shape[:-2], -1)], -1)
+    return {"h": h, "z": z1, "feat": feat, "action": a}

@@ -1,0 +1,178 @@
+"""The fused imagination rollout (CPU, float32): against its PyTorch twin and against the model's own imagination
+loop on the same Philox uniforms, across model shapes, action kinds and norms; reproducibility, thread counts,
+sample frequencies, weight packing and input checks."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dreamer_ext import ops
+from dreamer_ext.agent import Agent
+from dreamer_ext.config import make_config
+from dreamer_ext.envs.spec import EnvSpec
+from dreamer_ext.fused_rollout import RolloutWeights, fused_imagine, rollout_uniforms
+from tiny_agent_config import tiny_config
+
+
+def model(discrete=True, act_dim=3, preset=None, seed=0, **overrides):
+    torch.manual_seed(seed)
+    spec = EnvSpec(obs={"vector": ((5,), "float32")}, act_dim=act_dim, discrete=discrete)
+    cfg = make_config(preset, device="cpu", precision="fp32", **overrides) if preset else \
+        tiny_config(precision="fp32", **overrides)
+    agent = Agent(cfg, spec)
+    return agent, RolloutWeights(agent.wm.rssm, agent.behavior.actor)
+
+
+def starts(rssm, n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.rand(n, rssm.deter, generator=g) * 2 - 1
+    z = torch.randint(0, rssm.C, (n, rssm.S), generator=g)
+    return {"h": h, "z": F.one_hot(z, rssm.C).float()}
+
+
+def both_backends(W, start, horizon, seed):
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    args = (h0, z0, W.get(), W.dims(h0.shape[0], horizon), W.floats(), seed)
+    out = ops.rollout(*args)
+    with ops.use_backend("reference"):
+        ref = ops.rollout(*args)
+    return out, ref
+
+
+CASES = [
+    dict(),                                                    # V2 tiny: discrete, RMSNorm, 1 dyn layer, 4 blocks
+    dict(discrete=False, act_dim=2),                           # continuous actions
+    dict(norm="layer"),                                        # V1 LayerNorm
+    dict(rssm={"dyn_layers": 0, "blocks": 1}),                 # no dyn layer, dense GRU
+    dict(rssm={"dyn_layers": 2, "prior_layers": 1}, actor={"layers": 1, "unimix": 0.3}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("n", [1, 3, 50])
+def test_kernel_matches_the_pytorch_twin(case, n):
+    kw = dict(CASES[case])
+    agent, W = model(discrete=kw.pop("discrete", True), act_dim=kw.pop("act_dim", 3), **kw)
+    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 6, seed=1234 + n)
+    assert h.shape == (7, n, agent.wm.rssm.deter) and z.dtype == torch.int32 and a.shape[:2] == (6, n)
+    # the tiny model rounds the same way everywhere here: identical samples, states within float32 rounding
+    assert torch.equal(z, zr)
+    torch.testing.assert_close(h, hr, atol=2e-6, rtol=0)
+    torch.testing.assert_close(a, ar, atol=5e-6, rtol=0)  # one-hot: exact; continuous: erfinv approximations
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_kernel_follows_the_models_own_imagination_loop(discrete):
+    agent, W = model(discrete=discrete, act_dim=3)
+    rssm, n, H = agent.wm.rssm, 40, 8
+    start = starts(rssm, n)
+    u = rollout_uniforms(77, n, H, rssm.S, 1 if discrete else 3)
+    with torch.no_grad():
+        want = rssm.imagine(agent.behavior.policy_fn, start, H, u)
+    got = fused_imagine(W, start, H, seed=77)
+    assert set(got) == set(want)
+    assert (got["z"].argmax(-1) == want["z"].argmax(-1)).float().mean() >= 0.999
+    torch.testing.assert_close(got["h"], want["h"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["feat"], want["feat"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["action"], want["action"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset,n", [("size1m", 33), ("size12m", 5), ("size25m", 2)])
+def test_preset_shapes_against_the_twin(preset, n):
+    agent, W = model(act_dim=17, preset=preset)
+    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 15, seed=5)
+    agree = (z == zr).float().mean().item()
+    assert agree >= 0.999, agree
+    rows = (z == zr).all(-1).all(0)  # rows whose samples all agree follow the same trajectory
+    assert rows.any()
+    torch.testing.assert_close(h[:, rows], hr[:, rows], atol=1e-4, rtol=0)
+    assert torch.equal(a[:, rows], ar[:, rows])
+
+
+def test_repeat_runs_and_thread_counts_are_bitwise_equal():
+    agent, W = model()
+    start = starts(agent.wm.rssm, 200)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused_imagine(W, start, 5, seed=9)
+        torch.set_num_threads(2)
+        two = fused_imagine(W, start, 5, seed=9)
+        again = fused_imagine(W, start, 5, seed=9)
+    finally:
+        torch.set_num_threads(before)
+    for k in one:
+        assert torch.equal(one[k], two[k]) and torch.equal(two[k], again[k]), k
+    other = fused_imagine(W, start, 5, seed=10)
+    assert not torch.equal(other["z"], one["z"])
+
+
+def test_sample_frequencies_follow_the_prior():
+    agent, W = model(rssm={"unimix": 0.2})
+    rssm, n = agent.wm.rssm, 6000
+    one = starts(rssm, 1)
+    start = {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in one.items()}
+    out = fused_imagine(W, start, 1, seed=3)
+    # the first step's action is identical in distribution for every row; condition on the most common one
+    a = out["action"][0].argmax(-1)
+    keep = a == a.mode().values
+    z1 = out["z"][1][keep].argmax(-1)                         # [m, S]
+    with torch.no_grad():
+        h1 = rssm.img_step({"h": one["h"], "z": one["z"]}, F.one_hot(a.mode().values, 3).float()[None])["h"]
+        probs = torch.softmax(rssm.prior_logits(h1)[0], -1) * 0.8 + 0.2 / rssm.C   # [S, C]
+    m = int(keep.sum())
+    for s in range(rssm.S):
+        counts = torch.bincount(z1[:, s], minlength=rssm.C).double()
+        expected = probs[s].double() * m
+        chi2 = ((counts - expected) ** 2 / expected).sum().item()
+        dof = rssm.C - 1
+        assert chi2 < dof + 5 * math.sqrt(2 * dof), (s, chi2)
+
+
+def test_weights_are_packed_once_per_parameter_change():
+    agent, W = model()
+    start = starts(agent.wm.rssm, 4)
+    fused_imagine(W, start, 2, seed=1)
+    fused_imagine(W, start, 2, seed=1)
+    assert W.packs == 1
+    first = fused_imagine(W, start, 3, seed=1)
+    with torch.no_grad():
+        agent.wm.rssm.gru.weight.mul_(1.5)                    # an in-place update, as the optimiser makes
+    assert W.get() is not None and W.packs == 2
+    assert not torch.equal(fused_imagine(W, start, 3, seed=1)["h"], first["h"])
+
+
+def test_bad_inputs_name_the_argument():
+    agent, W = model()
+    rssm = agent.wm.rssm
+    start = starts(rssm, 4)
+    h0, z0, w, dims, fl = start["h"], start["z"].argmax(-1).int(), W.get(), W.dims(4, 3), W.floats()
+    with pytest.raises(ValueError, match=r"h0: expected a float32 tensor \[4, 32\]"):
+        ops.rollout(h0.double(), z0, w, dims, fl, 1)
+    with pytest.raises(ValueError, match=r"z0: class indices must lie in \[0, 4\)"):
+        ops.rollout(h0, z0 + 4, w, dims, fl, 1)
+    with pytest.raises(ValueError, match=r"z0: expected int32"):
+        ops.rollout(h0, z0.long(), w, dims, fl, 1)
+    bad = list(w)
+    bad[0] = bad[0][:, :-1]
+    with pytest.raises(ValueError, match=r"weights\[actor.0.W\]: expected float32"):
+        ops.rollout(h0, z0, bad, dims, fl, 1)
+    with pytest.raises(ValueError, match="weights: expected"):
+        ops.rollout(h0, z0, w[:-1], dims, fl, 1)
+    with pytest.raises(ValueError, match="dims: horizon"):
+        ops.rollout(h0, z0, w, [4, 0] + dims[2:], fl, 1)
+    with pytest.raises(ValueError, match="seed"):
+        ops.rollout(h0, z0, w, dims, fl, -1)
+    with pytest.raises(ValueError, match="norm.b.*None"):
+        bad = list(w)
+        bad[3] = torch.zeros(16)
+        ops.rollout(h0, z0, bad, dims, fl, 1)
+
+
+def test_registered_op_passes_opcheck():
+    agent, W = model()
+    start = starts(agent.wm.rssm, 3)
+    args = (start["h"], start["z"].argmax(-1).int(), W.get(), W.dims(3, 2), W.floats(), 11)
+    torch.library.opcheck(torch.ops.dreamer_ext.rollout.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
