@@ -26,8 +26,15 @@ import re
 import sys
 from collections import defaultdict
 
+REGION = "ops-table"
 BEGIN = "<!-- ops-table:begin -->"
 END = "<!-- ops-table:end -->"
+
+
+def markers(region: str) -> tuple[str, str]:
+    """The begin and end marker lines of a named region (``ops-table``: the op table; ``rollout-table``: the fused
+    rollout's)."""
+    return f"<!-- {region}:begin -->", f"<!-- {region}:end -->"
 IMPLS = ("kernel", "ref_eager", "ref_compile")
 
 
@@ -45,13 +52,13 @@ def _impl_of(bench: dict) -> str:
     return m.group(1)
 
 
-def table(data: dict) -> str:
+def table(data: dict, first: str = "op (T, B), K=255") -> str:
     by_group: dict = defaultdict(dict)
     for b in data.get("benchmarks", []):
         by_group[b["group"]][_impl_of(b)] = b["stats"]["median"]
     if not by_group:
         raise ReportError("the JSON holds no benchmarks")
-    lines = ["| op (T, B), K=255 | kernel | ref eager | ref compile | eager / kernel | compile / kernel |",
+    lines = [f"| {first} | kernel | ref eager | ref compile | eager / kernel | compile / kernel |",
              "|---|---|---|---|---|---|"]
     for group, t in by_group.items():
         k = t.get("kernel")
@@ -85,17 +92,18 @@ def header(data: dict, command: str, date: str, machine: str | None) -> str:
             + (f", GPU {device}" if device else "") + (f"; CPU kernels: {kernels} clone" if kernels else "") + "\n")
 
 
-def section(data: dict, command: str, date: str, machine: str | None = None) -> str:
-    return header(data, command, date, machine) + "\n" + table(data) + "\n"
+def section(data: dict, command: str, date: str, machine: str | None = None, first: str = "op (T, B), K=255") -> str:
+    return header(data, command, date, machine) + "\n" + table(data, first) + "\n"
 
 
-def replace_region(text: str, body: str, path: str = "the file") -> str:
-    """``text`` with the lines between the BEGIN and END marker lines replaced by ``body``."""
+def replace_region(text: str, body: str, path: str = "the file", region: str = REGION) -> str:
+    """``text`` with the lines between the region's begin and end marker lines replaced by ``body``."""
+    BEGIN, END = markers(region)
     lines = text.splitlines(keepends=True)
     begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
     ends = [i for i, line in enumerate(lines) if line.strip() == END]
     if not begins or not ends:
-        raise ReportError(f"{path} has no {BEGIN} ... {END} marker lines around the op table; add them (each on a "
+        raise ReportError(f"{path} has no {BEGIN} ... {END} marker lines around the table; add them (each on a "
                           "line of its own) around the part to replace, or write to a new file")
     if len(begins) > 1 or len(ends) > 1:
         raise ReportError(f"{path} has {len(begins)} {BEGIN} and {len(ends)} {END} lines; it needs exactly one of each")
@@ -107,14 +115,15 @@ def replace_region(text: str, body: str, path: str = "the file") -> str:
     return "".join(lines[:b + 1]) + body + "".join(lines[e:])
 
 
-def write_out(path: str, body: str) -> None:
+def write_out(path: str, body: str, region: str = REGION) -> None:
     """Replaces the marked region of ``path`` with ``body``, or creates ``path`` holding the markers and ``body``."""
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        new = replace_region(text, body, path)
+        new = replace_region(text, body, path, region)
     else:
-        new = replace_region(f"{BEGIN}\n{END}\n", body, path)
+        begin, end = markers(region)
+        new = replace_region(f"{begin}\n{end}\n", body, path, region)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(new)
@@ -126,7 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("json", help="pytest-benchmark JSON written by --benchmark-json")
     ap.add_argument("--out", default=None,
                     help="replace the marked op-table region of this file (created if missing) instead of printing")
-    ap.add_argument("--command", default="pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json",
+    ap.add_argument("--region", default=REGION,
+                    help="which marked region --out replaces: ops-table (bench/test_ops_bench.py) or rollout-table "
+                         "(bench/test_rollout_bench.py)")
+    ap.add_argument("--command", default=None,
                     help="the benchmark command to state in the header")
     ap.add_argument("--date", default=datetime.date.today().isoformat(), help="date to state (default: today)")
     ap.add_argument("--machine", default=None,
@@ -138,9 +150,14 @@ def main(argv=None) -> int:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ReportError(f"cannot read benchmark JSON {args.json}: {e}") from None
-        body = section(data, args.command, args.date, args.machine)
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", args.region):
+            raise ReportError(f"--region: expected a name like ops-table, got {args.region!r}")
+        rollout = args.region == "rollout-table"
+        command = args.command or ("pytest bench/test_rollout_bench.py --benchmark-json=bench/rollout.json" if rollout
+                                   else "pytest bench/test_ops_bench.py --benchmark-json=bench/ops.json")
+        body = section(data, command, args.date, args.machine, "rollout (H = 15)" if rollout else "op (T, B), K=255")
         if args.out:
-            write_out(args.out, body)
+            write_out(args.out, body, args.region)
         else:
             sys.stdout.write(body)
     except ReportError as e:

@@ -149,3 +149,16 @@ def test_unreadable_json_is_a_clear_error(tmp_path):
     empty.write_text(json.dumps({"benchmarks": []}))
     proc = run_cli(empty)
     assert proc.returncode == 2 and "holds no benchmarks" in proc.stderr
+
+
+def test_the_rollout_region_is_replaced_and_the_op_table_kept(tmp_path):
+    rb, re_ = report.markers("rollout-table")
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(DOC + f"\n## Rollout\n\n{rb}\nold rollout table\n{re_}\n\nafter\n")
+    assert run_cli(bench_json(tmp_path / "r.json"), "--region", "rollout-table", "--out", doc).returncode == 0
+    text = doc.read_text()
+    assert "old table" in text and "old rollout table" not in text and text.endswith("\nafter\n")
+    region = text.split(rb)[1].split(re_)[0]
+    assert "| rollout (H = 15) |" in region and "pytest bench/test_rollout_bench.py" in region
+    proc = run_cli(bench_json(tmp_path / "r.json"), "--region", "no such!", "--out", doc)
+    assert proc.returncode == 2 and "--region" in proc.stderr

@@ -1,0 +1,70 @@
+"""The fused imagination rollout against the model's own PyTorch imagination loop, eager and under torch.compile,
+in one run: H = 15 steps from N start states, discrete actions (17), size1m and size12m, float32.
+
+The loop is ``RSSM.imagine`` with ``Behavior.policy_fn`` under ``no_grad``, given the same Philox uniforms as the
+kernel (so both compute the same trajectory); "kernel" is ``fused_rollout.fused_imagine``. Ratios (loop time /
+kernel time) go into RESULTS.md through bench/report.py:
+
+    pytest bench/test_rollout_bench.py --threads 2 --benchmark-json=bench/rollout.json
+    python bench/report.py bench/rollout.json --region rollout-table --out bench/RESULTS.md
+
+Options (bench/conftest.py): --no-compile, --threads N.
+"""
+import functools
+
+import pytest
+import torch
+
+from dreamer_ext import _C
+from dreamer_ext.agent import Agent
+from dreamer_ext.config import make_config
+from dreamer_ext.envs.spec import EnvSpec
+from dreamer_ext.fused_rollout import RolloutWeights, fused_imagine, rollout_uniforms
+
+H, A = 15, 17
+IMPLS = ["kernel", "ref_eager", "ref_compile"]
+CASES = [(p, n) for p in ("size1m", "size12m") for n in (1, 16, 64, 1024, 4096)]
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(preset, n):
+    torch.manual_seed(0)
+    spec = EnvSpec(obs={"vector": ((5,), "float32")}, act_dim=A, discrete=True)
+    agent = Agent(make_config(preset, device="cpu", precision="fp32"), spec)
+    rssm = agent.wm.rssm
+    g = torch.Generator().manual_seed(1)
+    start = {"h": torch.rand(n, rssm.deter, generator=g) * 2 - 1,
+             "z": torch.nn.functional.one_hot(torch.randint(0, rssm.C, (n, rssm.S), generator=g), rssm.C).float()}
+    return agent, start, rollout_uniforms(7, n, H, rssm.S, 1)
+
+
+def _loop(agent, start, uniforms):
+    with torch.no_grad():
+        return agent.wm.rssm.imagine(agent.behavior.policy_fn, start, H, uniforms)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_loop(preset, n):
+    return torch.compile(_loop, dynamic=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-N{c[1]}")
+def test_rollout(benchmark, with_compile, case, impl):
+    preset, n = case
+    agent, start, uniforms = _setup(preset, n)
+    if impl == "kernel":
+        weights = RolloutWeights(agent.wm.rssm, agent.behavior.actor)
+        fn = functools.partial(fused_imagine, weights, start, H, 7)
+    elif impl == "ref_eager":
+        fn = functools.partial(_loop, agent, start, uniforms)
+    else:
+        if not with_compile:
+            pytest.skip("--no-compile")
+        fn = functools.partial(_compiled_loop(preset, n), agent, start, uniforms)
+    fn()  # warm-up (compile, weight packing)
+    benchmark.group = f"rollout {preset} N={n} fp32"
+    benchmark.extra_info.update(torch=torch.__version__, threads=torch.get_num_threads(), device="cpu",
+                                device_name=None, cpu_kernels=_C.build_info().get("cpu_kernels"))
+    big = preset == "size12m" and n >= 1024
+    benchmark.pedantic(fn, rounds=3 if big else 10, iterations=1, warmup_rounds=0 if big else 1)
