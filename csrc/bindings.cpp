@@ -93,7 +93,7 @@ void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, 
 dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vector<double>& f, uint64_t seed,
                                  const std::vector<uintptr_t>& w, uintptr_t h0, uintptr_t z0, uintptr_t h_out,
                                  uintptr_t z_out, uintptr_t a_out) {
-  if (d.size() != 14 || f.size() != 4) throw std::invalid_argument("rollout: dims needs 14 entries and floats 4");
+  if (d.size() != 15 || f.size() != 4) throw std::invalid_argument("rollout: dims needs 15 entries and floats 4");
   dx::RolloutParams p{};
   p.n = d[0];
   p.horizon = int(d[1]);
@@ -102,6 +102,7 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   p.actor_layers = int(d[10]);
   const int units = int(d[11]);
   p.dyn_layers = int(d[12]); p.prior_layers = int(d[13]);
+  p.bf16 = d[14] != 0;
   p.rssm_unimix = float(f[0]); p.actor_unimix = float(f[1]); p.min_std = float(f[2]); p.max_std = float(f[3]);
   p.seed = seed;
   for (int v : {p.actor_layers, p.dyn_layers, p.prior_layers})
@@ -111,14 +112,17 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   const size_t need = size_t(4 * (p.actor_layers + 3 + p.prior_layers + p.dyn_layers) + 2 * 3);
   if (w.size() != need) throw std::invalid_argument("rollout: expected " + std::to_string(need) + " weight pointers");
   size_t i = 0;
+  // the matmul weight slot holds float32 [in, out] or, for bf16 compute, bf16 k-pairs [ceil(in/2), out, 2]
+  auto matw = [&](uintptr_t q) { return p.bf16 ? nullptr : ptr<const float>(q); };
+  auto matb = [&](uintptr_t q) { return p.bf16 ? ptr<const uint16_t>(q) : nullptr; };
   auto dense = [&](int in, int out) {
-    dx::DenseW L{ptr<const float>(w[i]), ptr<const float>(w[i + 1]), ptr<const float>(w[i + 2]),
+    dx::DenseW L{matw(w[i]), matb(w[i]), ptr<const float>(w[i + 1]), ptr<const float>(w[i + 2]),
                  ptr<const float>(w[i + 3]), in, out};
     i += 4;
     return L;
   };
   auto linear = [&](int in, int out) {
-    dx::DenseW L{ptr<const float>(w[i]), ptr<const float>(w[i + 1]), nullptr, nullptr, in, out};
+    dx::DenseW L{matw(w[i]), matb(w[i]), ptr<const float>(w[i + 1]), nullptr, nullptr, in, out};
     i += 2;
     return L;
   };
@@ -129,10 +133,10 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   p.in_a = dense(A, Hd);
   for (int l = 0; l < p.dyn_layers; ++l) {
     const dx::DenseW L = dense(l == 0 ? first : D, D);
-    p.dyn[l] = dx::BlockW{L.w, L.b, L.nw, L.nb, L.in, L.out};
+    p.dyn[l] = dx::BlockW{L.w, L.wb, L.b, L.nw, L.nb, L.in, L.out};
   }
   const dx::DenseW G = linear(p.dyn_layers ? D : first, 3 * D);
-  p.gru = dx::BlockW{G.w, G.b, nullptr, nullptr, G.in, G.out};
+  p.gru = dx::BlockW{G.w, G.wb, G.b, nullptr, nullptr, G.in, G.out};
   for (int l = 0; l < p.prior_layers; ++l) p.prior[l] = dense(l == 0 ? D : Hd, Hd);
   p.prior_out = linear(p.prior_layers ? Hd : D, S * C);
   p.h0 = ptr<const float>(h0); p.z0 = ptr<const int32_t>(z0);
@@ -252,7 +256,7 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
      py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
      py::arg("device"),
      "Fused rollout. dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
-     "actor_units, dyn_layers, prior_layers]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
+     "actor_units, dyn_layers, prior_layers, bf16]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
      "pointers in the order of dreamer_ext.ops.rollout_weight_names.");
 
   // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----

@@ -44,20 +44,32 @@ class RolloutWeights:
     def __init__(self, rssm, actor):
         self.rssm, self.actor = rssm, actor
         self._params = [p for m in (rssm, actor) for p in m.parameters()]
-        self._key = None
-        self._packed: list | None = None
-        self.packs = 0  # how many times the weights were packed (tests)
+        self._cache: dict = {}  # precision -> (parameter state, packed weights)
+        self.packs = 0  # how many times weights were packed (tests)
 
     def _state(self) -> tuple:
         return tuple((p._version, p.data_ptr()) for p in self._params)
 
-    def get(self) -> list:
+    def get(self, bf16: bool = False) -> list:
+        """The op's weights: float32, or with ``bf16`` the matmul weights as bf16 k-pairs
+        (:func:`ops.pack_bf16_pairs`)."""
         key = self._state()
-        if key != self._key:
-            self._packed = [None if w is None else w.detach().float().contiguous() for w in self._layout()]
-            self._key = key
+        hit = self._cache.get(bool(bf16))
+        if hit is None or hit[0] != key:
+            packed = []
+            for w, is_mat in zip(self._layout(), self._is_matmul()):
+                if w is None:
+                    packed.append(None)
+                elif bf16 and is_mat:
+                    packed.append(ops.pack_bf16_pairs(w.float()))
+                else:
+                    packed.append(w.detach().float().contiguous())
+            self._cache[bool(bf16)] = (key, packed)
             self.packs += 1
-        return self._packed
+        return self._cache[bool(bf16)][1]
+
+    def _is_matmul(self) -> list[bool]:
+        return [name.endswith(".W") for name, _ in ops.rollout_weight_shapes(self.dims(1, 1))]
 
     def _layout(self) -> list:
         r, a = self.rssm, self.actor
@@ -69,24 +81,25 @@ class RolloutWeights:
         out += [w for layer in r.prior_mlp for w in _dense(layer)] + [r.prior_out.weight.t(), r.prior_out.bias]
         return out
 
-    def dims(self, n: int, horizon: int) -> list[int]:
+    def dims(self, n: int, horizon: int, bf16: bool = False) -> list[int]:
         r, a = self.rssm, self.actor
         return [n, horizon, r.deter, r.g, r.hidden, r.S, r.C, a.act_dim, int(a.discrete),
-                int(r.in_h.norm.kind == "layer"), len(a.mlp), a.cfg.units, len(r.dyn), len(r.prior_mlp)]
+                int(r.in_h.norm.kind == "layer"), len(a.mlp), a.cfg.units, len(r.dyn), len(r.prior_mlp), int(bf16)]
 
     def floats(self) -> list[float]:
         return [float(self.rssm.unimix), float(self.actor.cfg.unimix), float(self.actor.cfg.min_std),
                 float(self.actor.cfg.max_std)]
 
 
-def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int | None = None) -> dict:
+def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int | None = None,
+                  bf16: bool = False) -> dict:
     """:meth:`RSSM.imagine` through the fused op: ``start = {"h": [N, deter], "z": [N, S, C]}`` ->
     ``{"h": [H+1, N, deter], "z": [H+1, N, S, C] one-hot, "feat": [H+1, N, F], "action": [H, N, A]}`` (no gradient).
-    ``seed``: the Philox key (default: :func:`draw_seed`)."""
+    ``seed``: the Philox key (default: :func:`draw_seed`); ``bf16``: bf16 matmuls (float32 accumulation)."""
     h0 = start["h"].detach().float().contiguous()
     z0 = start["z"].detach().argmax(-1).to(torch.int32)
     seed = draw_seed() if seed is None else seed
-    h, z, a = ops.rollout(h0, z0, weights.get(), weights.dims(h0.shape[0], horizon), weights.floats(), seed)
+    h, z, a = ops.rollout(h0, z0, weights.get(bf16), weights.dims(h0.shape[0], horizon, bf16), weights.floats(), seed)
     z1 = F.one_hot(z.long(), weights.rssm.C).float()
     feat = torch.cat([h, z1.reshape(*z1.shape[:-2], -1)], -1)
     return {"h": h, "z": z1, "feat": feat, "action": a}

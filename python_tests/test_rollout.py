@@ -31,9 +31,9 @@ def starts(rssm, n, seed=1):
     return {"h": h, "z": F.one_hot(z, rssm.C).float()}
 
 
-def both_backends(W, start, horizon, seed):
+def both_backends(W, start, horizon, seed, bf16=False):
     h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
-    args = (h0, z0, W.get(), W.dims(h0.shape[0], horizon), W.floats(), seed)
+    args = (h0, z0, W.get(bf16), W.dims(h0.shape[0], horizon, bf16), W.floats(), seed)
     out = ops.rollout(*args)
     with ops.use_backend("reference"):
         ref = ops.rollout(*args)
@@ -49,17 +49,26 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("n", [1, 3, 50])
-def test_kernel_matches_the_pytorch_twin(case, n):
+def test_kernel_matches_the_pytorch_twin(case, n, bf16):
     kw = dict(CASES[case])
     agent, W = model(discrete=kw.pop("discrete", True), act_dim=kw.pop("act_dim", 3), **kw)
-    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 6, seed=1234 + n)
+    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 6, seed=1234 + n, bf16=bf16)
     assert h.shape == (7, n, agent.wm.rssm.deter) and z.dtype == torch.int32 and a.shape[:2] == (6, n)
-    # the tiny model rounds the same way everywhere here: identical samples, states within float32 rounding
-    assert torch.equal(z, zr)
-    torch.testing.assert_close(h, hr, atol=2e-6, rtol=0)
-    torch.testing.assert_close(a, ar, atol=5e-6, rtol=0)  # one-hot: exact; continuous: erfinv approximations
+    # fp32: the tiny model rounds the same way everywhere here, so identical samples and states within float32
+    # rounding. bf16: a different float32 summation order can move a matmul input by one bf16 step (2^-8
+    # relative) before it is rounded, so states agree to ~1e-3 and a sample may rarely flip.
+    if bf16:
+        assert (z == zr).float().mean() >= 0.999
+        rows = (z == zr).all(-1).all(0)
+        h, hr, a, ar = h[:, rows], hr[:, rows], a[:, rows], ar[:, rows]
+    else:
+        assert torch.equal(z, zr)
+    tol = 1e-3 if bf16 else 2e-6
+    torch.testing.assert_close(h, hr, atol=tol, rtol=0)
+    torch.testing.assert_close(a, ar, atol=2 * tol + 3e-6, rtol=0)  # one-hot: exact; continuous: erfinv approximations
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -78,15 +87,29 @@ def test_kernel_follows_the_models_own_imagination_loop(discrete):
     torch.testing.assert_close(got["action"], want["action"], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("preset,n", [("size1m", 33), ("size12m", 5), ("size25m", 2)])
-def test_preset_shapes_against_the_twin(preset, n):
+def flip_rate(z, zr, a, ar):
+    """Per-draw disagreement of two free runs on shared uniforms, counted up to each row's first disagreement
+    (after it the rows follow different trajectories, so later draws say nothing about the kernels)."""
+    draws = torch.cat([a.argmax(-1, keepdim=True).to(torch.int32), z[1:]], -1)      # [H, N, 1 + S] in draw order
+    ref = torch.cat([ar.argmax(-1, keepdim=True).to(torch.int32), zr[1:]], -1)
+    same = (draws == ref).permute(1, 0, 2).reshape(z.shape[1], -1)                   # [N, H (1 + S)]
+    first = torch.where(same.all(1), same.shape[1], (~same).int().argmax(1))
+    compared = (first + (~same.all(1)).int()).sum().item()
+    return (~same.all(1)).sum().item() / compared
+
+
+@pytest.mark.parametrize("preset,n,bf16", [("size1m", 33, False), ("size1m", 33, True), ("size12m", 5, False),
+                                           ("size12m", 5, True), ("size25m", 2, True)])
+def test_preset_shapes_against_the_twin(preset, n, bf16):
     agent, W = model(act_dim=17, preset=preset)
-    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 15, seed=5)
-    agree = (z == zr).float().mean().item()
-    assert agree >= 0.999, agree
+    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 15, seed=5, bf16=bf16)
+    # measured (n = 64 / 16): size1m 0 (fp32) and 3e-4 (bf16), size12m 1.3e-4 and 2e-3. In bf16 a float32
+    # summation-order difference that moves one matmul input across a bf16 rounding boundary changes it by 2^-8,
+    # so flips near a sampling boundary are that much likelier; a layout or indexing bug flips about half.
+    assert flip_rate(z, zr, a, ar) <= (1e-2 if bf16 else 1e-3)
     rows = (z == zr).all(-1).all(0)  # rows whose samples all agree follow the same trajectory
     assert rows.any()
-    torch.testing.assert_close(h[:, rows], hr[:, rows], atol=1e-4, rtol=0)
+    torch.testing.assert_close(h[:, rows], hr[:, rows], atol=2e-3 if bf16 else 1e-4, rtol=0)
     assert torch.equal(a[:, rows], ar[:, rows])
 
 

@@ -13,19 +13,21 @@ namespace dx {
 
 constexpr int kRolloutMaxLayers = 8;
 
-// Linear + norm (+ SiLU) layer with a K-major weight: y = norm(b + x @ w) with w [in, out].
-// nw is the norm scale, nb the LayerNorm offset (nullptr for RMSNorm). Output layers leave nw = nullptr.
-struct DenseW { const float* w; const float* b; const float* nw; const float* nb; int in; int out; };
+// Linear + norm (+ SiLU) layer with a K-major weight: y = norm(b + x @ w) with w [in, out] in float32, or, for
+// bf16 compute, wb [ceil(in/2), out, 2]: bf16 (as uint16) k-pairs, the layout of vdpbf16ps. nw is the norm
+// scale, nb the LayerNorm offset (nullptr for RMSNorm). Output layers leave nw = nullptr.
+struct DenseW { const float* w; const uint16_t* wb; const float* b; const float* nw; const float* nb; int in; int out; };
 
-// Block-diagonal linear layer: w [g, in/g, out/g] (K-major per block), b [out]; plus the norm over all of
-// `out` that follows it in the core's dyn layers (nw, nb; unused for the gate layer).
-struct BlockW { const float* w; const float* b; const float* nw; const float* nb; int in; int out; };
+// Block-diagonal linear layer: w [g, in/g, out/g] (K-major per block; bf16: wb [g, in/g/2, out/g, 2]), b [out];
+// plus the norm over all of `out` that follows it in the core's dyn layers (nw, nb; unused for the gate layer).
+struct BlockW { const float* w; const uint16_t* wb; const float* b; const float* nw; const float* nb; int in; int out; };
 
 struct RolloutParams {
   int64_t n;           // start states (rows)
   int horizon;         // H imagined steps: states 0..H, actions 0..H-1
   int deter, blocks, hidden, stoch, classes, act_dim;
   bool discrete;       // one-hot actions (inverse-CDF sample) or BoundedNormal actions
+  bool bf16;           // matmuls on bf16 inputs and weights with float32 accumulation (weights in wb)
   int norm;            // 0: RMSNorm eps 1e-4 (V2), 1: LayerNorm eps 1e-3 (V1)
   float rssm_unimix, actor_unimix, min_std, max_std;
   uint64_t seed;       // Philox key of this call
@@ -39,6 +41,15 @@ struct RolloutParams {
   int32_t* z_out;      // [H+1, n, stoch]
   float* a_out;        // [H, n, act_dim]
 };
+
+// ---- bf16 ----
+// float32 -> bf16 bits, round to nearest even (NaN stays a quiet NaN), and back.
+DX_HD uint16_t f32_to_bf16(float f) {
+  const uint32_t u = float_to_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+DX_HD float bf16_to_f32(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
 
 // ---- per-element math (float32) ----
 DX_HD float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }

@@ -1,4 +1,4 @@
-// The fused imagination rollout on the CPU, float32.
+// The fused imagination rollout on the CPU, float32 or bf16 compute.
 //
 // The rows are cut into blocks of kRowBlock; a block runs all H steps back to back (actor -> action sample ->
 // core -> prior -> latent sample) in per-thread scratch that stays in cache, while the weights stream from
@@ -6,10 +6,20 @@
 // K-major weights (6 rows x 64 columns of accumulators: 24 of the 32 AVX-512 registers), with the one-hot inputs
 // (latents, discrete actions) added as gathered weight rows instead of multiplied. The whole block body is
 // compiled once per x86-64 level (DX_MULTIVERSION) through GCC vector extensions.
+//
+// bf16 compute: each matmul input row is rounded to bf16 and packed in k-pairs, the weights come pre-packed as
+// bf16 k-pairs, and the AVX512-BF16 microkernel (vdpbf16ps: two exact bf16 products added into each float32
+// accumulator) runs the same 6 x 64 tiles, reading half the weight bytes of float32. On CPUs without
+// AVX512-BF16 a portable loop computes the same products (slowly). Norms, gates, softmax and sampling stay float32.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define DX_HAVE_BF16_KERNEL 1
+#endif
 
 #include "../common/kernels.h"
 #include "../common/rollout.h"
@@ -57,9 +67,9 @@ DX_INLINE void tile_rows(int rows, const float* X, int64_t ldx, const float* W, 
   }
 }
 
-// Y[:R, :O] += X[:R, :K] @ W[:K, :O]: column panels of 64, then 16, then a scalar tail; each panel of W is
-// reused by all row tiles while it sits in L2.
-DX_INLINE void gemm_acc(int R, const float* X, int64_t ldx, const float* W, int64_t ldw, int K, int O, float* Y,
+// Y[:R, :O] += X[:R, :K] @ W[:K, :O] (float32): column panels of 64, then 16, then a scalar tail; each panel of W
+// is reused by all row tiles while it sits in L2.
+DX_INLINE void gemm_f32(int R, const float* X, int64_t ldx, const float* W, int64_t ldw, int K, int O, float* Y,
                         int64_t ldy) {
   int o = 0;
   for (; o + 16 * kNV <= O; o += 16 * kNV)
@@ -76,6 +86,126 @@ DX_INLINE void gemm_acc(int R, const float* X, int64_t ldx, const float* W, int6
         for (int j = o; j < O; ++j) Y[r * ldy + j] += x * w[j];
       }
 }
+
+// ---- bf16: Y[:R, :O] += Xp[:R, :KP] @ Wp[:KP, :O] with k-pairs (Xp: uint32 = two bf16; Wp: [KP, O, 2]) ----
+// Portable version: the same exact products, float32 sums.
+void gemm_bf16_portable(int R, const uint32_t* Xp, int64_t ldx, const uint16_t* Wp, int64_t ldw, int KP, int O,
+                        float* Y, int64_t ldy) {
+  for (int r = 0; r < R; ++r)
+    for (int kp = 0; kp < KP; ++kp) {
+      const uint32_t x = Xp[r * ldx + kp];
+      const float x0 = bf16_to_f32(uint16_t(x)), x1 = bf16_to_f32(uint16_t(x >> 16));
+      const uint16_t* w = Wp + int64_t(kp) * ldw * 2;
+      for (int j = 0; j < O; ++j) Y[r * ldy + j] += x1 * bf16_to_f32(w[2 * j + 1]) + x0 * bf16_to_f32(w[2 * j]);
+    }
+}
+
+#if defined(DX_HAVE_BF16_KERNEL)
+#define DX_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+template <int RT, int NV>
+DX_BF16_TARGET inline __attribute__((always_inline)) void tile_bf16(const uint32_t* Xp, int64_t ldx, const uint16_t* Wp,
+                                                                     int64_t ldw, int KP, float* Y, int64_t ldy) {
+  __m512 acc[RT][NV];
+  for (int r = 0; r < RT; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(Y + r * ldy + 16 * v);
+  for (int kp = 0; kp < KP; ++kp) {
+    __m512bh w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = (__m512bh)_mm512_loadu_si512(Wp + (int64_t(kp) * ldw + 16 * v) * 2);
+    for (int r = 0; r < RT; ++r) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(Xp[r * ldx + kp]));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, w[v]);
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(Y + r * ldy + 16 * v, acc[r][v]);
+}
+
+template <int NV>
+DX_BF16_TARGET void tile_rows_bf16(int rows, const uint32_t* Xp, int64_t ldx, const uint16_t* Wp, int64_t ldw, int KP,
+                                   float* Y, int64_t ldy) {
+  switch (rows) {
+    case 1: tile_bf16<1, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+    case 2: tile_bf16<2, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+    case 3: tile_bf16<3, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+    case 4: tile_bf16<4, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+    case 5: tile_bf16<5, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+    default: tile_bf16<6, NV>(Xp, ldx, Wp, ldw, KP, Y, ldy); break;
+  }
+}
+
+DX_BF16_TARGET void gemm_bf16_avx512(int R, const uint32_t* Xp, int64_t ldx, const uint16_t* Wp, int64_t ldw, int KP,
+                                     int O, float* Y, int64_t ldy) {
+  int o = 0;
+  for (; o + 16 * kNV <= O; o += 16 * kNV)
+    for (int r = 0; r < R; r += kRT)
+      tile_rows_bf16<kNV>(std::min(kRT, R - r), Xp + r * ldx, ldx, Wp + int64_t(o) * 2, ldw, KP, Y + r * ldy + o, ldy);
+  for (; o + 16 <= O; o += 16)
+    for (int r = 0; r < R; r += kRT)
+      tile_rows_bf16<1>(std::min(kRT, R - r), Xp + r * ldx, ldx, Wp + int64_t(o) * 2, ldw, KP, Y + r * ldy + o, ldy);
+  if (o < O) {  // the last < 16 columns
+    for (int r = 0; r < R; ++r)
+      for (int kp = 0; kp < KP; ++kp) {
+        const uint32_t x = Xp[r * ldx + kp];
+        const float x0 = bf16_to_f32(uint16_t(x)), x1 = bf16_to_f32(uint16_t(x >> 16));
+        const uint16_t* w = Wp + int64_t(kp) * ldw * 2;
+        for (int j = o; j < O; ++j) Y[r * ldy + j] += x1 * bf16_to_f32(w[2 * j + 1]) + x0 * bf16_to_f32(w[2 * j]);
+      }
+  }
+}
+
+bool cpu_has_avx512bf16() {
+  static const bool yes = [] { __builtin_cpu_init(); return bool(__builtin_cpu_supports("avx512bf16")); }();
+  return yes;
+}
+#endif
+
+void gemm_bf16(int R, const uint32_t* Xp, int64_t ldx, const uint16_t* Wp, int64_t ldw, int KP, int O, float* Y,
+               int64_t ldy) {
+#if defined(DX_HAVE_BF16_KERNEL)
+  if (cpu_has_avx512bf16()) return gemm_bf16_avx512(R, Xp, ldx, Wp, ldw, KP, O, Y, ldy);
+#endif
+  gemm_bf16_portable(R, Xp, ldx, Wp, ldw, KP, O, Y, ldy);
+}
+
+// A matmul weight: float32 [K, ld] or bf16 k-pairs [ceil(K/2), ld, 2].
+struct Mat {
+  const float* f;
+  const uint16_t* b;
+  int64_t ld;
+  DX_INLINE float at(int64_t k, int64_t j) const {
+    return f ? f[k * ld + j] : bf16_to_f32(b[((k >> 1) * ld + j) * 2 + (k & 1)]);
+  }
+};
+
+// A matmul input of R rows: float32 rows (f, ldf) and, for bf16 compute, the same rows rounded to bf16 k-pairs
+// (p, ldp in pairs), converted once and shared by every matmul that reads them.
+struct In {
+  const float* f;
+  int64_t ldf;
+  const uint32_t* p;
+  int64_t ldp;
+};
+
+// `In` over X[:R, :K]; with bf16 its k-pairs are written to `buf` (R * ceil(K/2) words).
+DX_INLINE In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t* buf) {
+  if (!bf16) return In{X, ldx, nullptr, 0};
+  const int KP = (K + 1) / 2, KE = K / 2;
+  for (int r = 0; r < R; ++r) {
+    const float* x = X + r * ldx;
+    uint32_t* o = buf + int64_t(r) * KP;
+    for (int kp = 0; kp < KE; ++kp) o[kp] = uint32_t(f32_to_bf16(x[2 * kp])) | (uint32_t(f32_to_bf16(x[2 * kp + 1])) << 16);
+    if (KP > KE) o[KE] = f32_to_bf16(x[K - 1]);
+  }
+  return In{X, ldx, buf, KP};
+}
+
+// Y[:R, :O] += In[:R, kx:kx+K] @ W[k0:k0+K, :O] (kx and k0 even for bf16).
+DX_INLINE void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy) {
+  if (W.f) return gemm_f32(R, X.f + kx, X.ldf, W.f + int64_t(k0) * W.ld, W.ld, K, O, Y, ldy);
+  gemm_bf16(R, X.p + kx / 2, X.ldp, W.b + int64_t(k0 / 2) * W.ld * 2, W.ld, (K + 1) / 2, O, Y, ldy);
+}
+
+DX_INLINE Mat mat(const DenseW& L) { return Mat{L.w, L.wb, L.out}; }
 
 DX_INLINE void set_bias(int R, const float* b, int O, float* Y, int64_t ldy) {
   for (int r = 0; r < R; ++r) std::memcpy(Y + r * ldy, b, sizeof(float) * O);
@@ -104,20 +234,26 @@ DX_INLINE void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, c
 }
 
 // Y = silu(norm(b + X @ W)) for a dense layer on R rows.
-DX_INLINE void dense(const DenseW& L, int R, const float* X, int64_t ldx, float* Y, int64_t ldy, int kind) {
+DX_INLINE void dense(const DenseW& L, int R, const In& X, float* Y, int64_t ldy, int kind) {
   set_bias(R, L.b, L.out, Y, ldy);
-  gemm_acc(R, X, ldx, L.w, L.out, L.in, L.out, Y, ldy);
+  gemm_acc(R, X, 0, mat(L), 0, L.in, L.out, Y, ldy);
   if (L.nw) norm_silu(R, Y, ldy, L.out, L.nw, L.nb, kind);
 }
 
-// Y[r] += sum over groups s of W[s * C + idx[r, s]] (a one-hot input [S, C] times W [S*C, O]).
-DX_INLINE void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, const float* W, int O, float* Y,
-                          int64_t ldy) {
+// Y[r] += sum over groups s of W[k0 + s * C + idx[r, s]] (a one-hot input [S, C] times rows k0.. of W).
+DX_INLINE void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, const Mat& W, int64_t k0, int O,
+                          float* Y, int64_t ldy) {
   for (int r = 0; r < R; ++r) {
     float* y = Y + r * ldy;
     for (int s = 0; s < S; ++s) {
-      const float* w = W + (int64_t(s) * C + idx[r * ldi + s]) * O;
-      for (int j = 0; j < O; ++j) y[j] += w[j];
+      const int64_t k = k0 + int64_t(s) * C + idx[r * ldi + s];
+      if (W.f) {
+        const float* w = W.f + k * W.ld;
+        for (int j = 0; j < O; ++j) y[j] += w[j];
+      } else {
+        const uint16_t* w = W.b + ((k >> 1) * W.ld) * 2 + (k & 1);
+        for (int j = 0; j < O; ++j) y[j] += bf16_to_f32(w[2 * j]);
+      }
     }
   }
 }
@@ -139,6 +275,7 @@ DX_INLINE void unimix_probs(float* l, int K, float mix) {
 struct Scratch {
   std::vector<float> a, xa, xb, x3, dyn_a, dyn_b, gates, logits;
   std::vector<int32_t> aidx;
+  std::vector<uint32_t> hp, x3p, xp;  // bf16 k-pairs of matmul inputs: h, x3, the others
   explicit Scratch(const RolloutParams& p) {
     const int R = kRowBlock;
     int width = std::max(p.hidden, 1);
@@ -153,30 +290,39 @@ struct Scratch {
     dyn_b.resize(size_t(R) * p.deter);
     gates.resize(size_t(R) * 3 * p.deter);
     logits.resize(size_t(R) * std::max(p.stoch * p.classes, p.actor_out.out));
+    if (p.bf16) {
+      hp.resize(size_t(R) * (p.deter / 2 + 1));
+      x3p.resize(size_t(R) * (3 * p.hidden / 2 + 1));
+      xp.resize(size_t(R) * (std::max({p.deter, width, p.act_dim}) / 2 + 1));
+    }
   }
 };
 
 // The core's block-linear layer on R rows: block i reads its own columns of `xin` (or, for the first layer,
 // [h block i, x3]) and writes its own `out / g` columns of Y (bias included).
-DX_INLINE void block_linear(const BlockW& L, int g, int R, const float* h, int64_t ldh, int hd, const float* x3,
-                            int h3, const float* xin, float* Y) {
+DX_INLINE void block_linear(const BlockW& L, int g, int R, const In& h, int hd, const In& x3, int h3, const In* xin,
+                            float* Y) {
   const int ob = L.out / g, ib = L.in / g;
   set_bias(R, L.b, L.out, Y, L.out);
   for (int i = 0; i < g; ++i) {
-    const float* W = L.w + int64_t(i) * ib * ob;
+    // block i of the weight: float32 [ib, ob] or bf16 pairs [ceil(ib/2), ob, 2]
+    const Mat W{L.w ? L.w + int64_t(i) * ib * ob : nullptr, L.wb ? L.wb + int64_t(i) * ((ib + 1) / 2) * ob * 2 : nullptr,
+                ob};
     float* y = Y + int64_t(i) * ob;
     if (xin) {
-      gemm_acc(R, xin + int64_t(i) * ib, L.in, W, ob, ib, ob, y, L.out);
+      gemm_acc(R, *xin, i * ib, W, 0, ib, ob, y, L.out);
     } else {  // first layer: [h_i (hd / g), x3 (h3)]
       const int hb = hd / g;
-      gemm_acc(R, h + int64_t(i) * hb, ldh, W, ob, hb, ob, y, L.out);
-      gemm_acc(R, x3, h3, W + int64_t(hb) * ob, ob, h3, ob, y, L.out);
+      gemm_acc(R, h, i * hb, W, 0, hb, ob, y, L.out);
+      gemm_acc(R, x3, 0, W, hb, h3, ob, y, L.out);
     }
   }
 }
 
-DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int64_t row_end) {
+DX_MULTIVERSION void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
   Scratch sc(p);
+  uint32_t* xp = sc.xp.data();
+  const bool bf = p.bf16;
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks;
   const int64_t N = p.n;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
@@ -190,6 +336,8 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
       int32_t* zn = p.z_out + (int64_t(t + 1) * N + b0) * S;
       float* act = p.a_out + (int64_t(t) * N + b0) * A;
 
+      const In hin = prep(R, h, D, D, bf, sc.hp.data());  // h feeds the actor, in_h and the first core layer
+
       // ---- actor on feat = [h, onehot z] ----
       float* x = sc.xa.data();
       float* y = sc.xb.data();
@@ -198,10 +346,10 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
         const DenseW& L = p.actor[l];
         set_bias(R, L.b, L.out, y, L.out);
         if (l == 0) {
-          gemm_acc(R, h, D, L.w, L.out, D, L.out, y, L.out);
-          gather_acc(R, z, S, S, C, L.w + int64_t(D) * L.out, L.out, y, L.out);
+          gemm_acc(R, hin, 0, mat(L), 0, D, L.out, y, L.out);
+          gather_acc(R, z, S, S, C, mat(L), D, L.out, y, L.out);
         } else {
-          gemm_acc(R, x, width, L.w, L.out, L.in, L.out, y, L.out);
+          gemm_acc(R, prep(R, x, width, width, bf, xp), 0, mat(L), 0, L.in, L.out, y, L.out);
         }
         norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
         std::swap(x, y);
@@ -210,7 +358,7 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
       float* logits = sc.logits.data();
       const int AO = p.actor_out.out;
       set_bias(R, p.actor_out.b, AO, logits, AO);
-      gemm_acc(R, x, width, p.actor_out.w, AO, width, AO, logits, AO);
+      gemm_acc(R, prep(R, x, width, width, bf, xp), 0, mat(p.actor_out), 0, width, AO, logits, AO);
 
       // ---- action sample ----
       for (int r = 0; r < R; ++r) {
@@ -239,10 +387,10 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
         std::memcpy(x3 + int64_t(r) * H3 + Hd, p.in_z.b, sizeof(float) * Hd);
         std::memcpy(x3 + int64_t(r) * H3 + 2 * Hd, p.in_a.b, sizeof(float) * Hd);
       }
-      gemm_acc(R, h, D, p.in_h.w, Hd, D, Hd, x3, H3);
-      gather_acc(R, z, S, S, C, p.in_z.w, Hd, x3 + Hd, H3);
+      gemm_acc(R, hin, 0, mat(p.in_h), 0, D, Hd, x3, H3);
+      gather_acc(R, z, S, S, C, mat(p.in_z), 0, Hd, x3 + Hd, H3);
       if (p.discrete) {
-        gather_acc(R, sc.aidx.data(), 1, 1, A, p.in_a.w, Hd, x3 + 2 * Hd, H3);
+        gather_acc(R, sc.aidx.data(), 1, 1, A, mat(p.in_a), 0, Hd, x3 + 2 * Hd, H3);
       } else {
         float* an = sc.a.data();  // a / max(|a|, 1), elementwise
         for (int r = 0; r < R; ++r)
@@ -250,7 +398,7 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
             const float v = act[int64_t(r) * A + j];
             an[int64_t(r) * A + j] = v / std::max(std::fabs(v), 1.0f);
           }
-        gemm_acc(R, an, A, p.in_a.w, Hd, A, Hd, x3 + 2 * Hd, H3);
+        gemm_acc(R, prep(R, an, A, A, bf, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
       }
       for (int r = 0; r < R; ++r)
         for (int part = 0; part < 3; ++part) {
@@ -259,16 +407,19 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
         }
 
       // ---- dyn layers and the GRU gates ----
-      const float* xin = nullptr;
+      const In x3in = prep(R, x3, H3, H3, bf, sc.x3p.data());
+      In xin{};
+      bool have_xin = false;
       float* dbuf[2] = {sc.dyn_a.data(), sc.dyn_b.data()};
       for (int i = 0; i < p.dyn_layers; ++i) {
         float* out = dbuf[i & 1];
-        block_linear(p.dyn[i], g, R, h, D, D, x3, H3, xin, out);
+        block_linear(p.dyn[i], g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, out);
         norm_silu(R, out, D, D, p.dyn[i].nw, p.dyn[i].nb, p.norm);
-        xin = out;
+        xin = prep(R, out, D, D, bf, xp);
+        have_xin = true;
       }
       float* gates = sc.gates.data();
-      block_linear(p.gru, g, R, h, D, D, x3, H3, xin, gates);
+      block_linear(p.gru, g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, gates);
       const int db = D / g;
       for (int r = 0; r < R; ++r) {
         const float* gr = gates + int64_t(r) * 3 * D;
@@ -287,14 +438,14 @@ DX_MULTIVERSION void rollout_rows_f32(const RolloutParams& p, int64_t row0, int6
       const float* pin = hn;
       int pw = D;
       for (int l = 0; l < p.prior_layers; ++l) {
-        dense(p.prior[l], R, pin, pw, y, p.prior[l].out, p.norm);
+        dense(p.prior[l], R, prep(R, pin, pw, pw, bf, xp), y, p.prior[l].out, p.norm);
         std::swap(x, y);
         pin = x;
         pw = p.prior[l].out;
       }
       const int SC = S * C;
       set_bias(R, p.prior_out.b, SC, logits, SC);
-      gemm_acc(R, pin, pw, p.prior_out.w, SC, pw, SC, logits, SC);
+      gemm_acc(R, prep(R, pin, pw, pw, bf, xp), 0, mat(p.prior_out), 0, pw, SC, logits, SC);
       for (int r = 0; r < R; ++r) {
         const uint32_t row = uint32_t(b0 + r);
         for (int s = 0; s < S; ++s) {
@@ -314,7 +465,7 @@ void rollout_fwd(const RolloutParams& p, const Exec& e) {
   // blocks of whole row blocks per thread; a thread for fewer than 2 row blocks is not worth waking
   const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
   parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
-    rollout_rows_f32(p, b * kRowBlock, std::min(p.n, end * kRowBlock));
+    rollout_rows(p, b * kRowBlock, std::min(p.n, end * kRowBlock));
   });
 }
 

@@ -287,14 +287,37 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
 
 # ---- the fused imagination rollout -------------------------------------------------------------------
 ROLLOUT_DIMS = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
-                "actor_layers", "actor_units", "dyn_layers", "prior_layers")
+                "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16")
+
+
+def pack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
+    """A K-major matmul weight ``[..., K, O]`` as bf16 k-pairs ``[..., ceil(K/2), O, 2]`` (an odd K gets a zero
+    row): the layout the bf16 rollout kernel reads."""
+    w = w.detach().to(torch.bfloat16)
+    if w.shape[-2] % 2:
+        w = torch.cat([w, w.new_zeros(*w.shape[:-2], 1, w.shape[-1])], -2)
+    return w.reshape(*w.shape[:-2], w.shape[-2] // 2, 2, w.shape[-1]).transpose(-1, -2).contiguous()
+
+
+def unpack_bf16_pairs(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bf16_pairs`: ``[..., ceil(K/2), O, 2]`` -> float32 ``[..., K, O]``."""
+    return w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2])[..., :k, :].float()
 
 
 def rollout_weight_shapes(dims) -> list[tuple[str, tuple | None]]:
     """``[(name, shape), ...]`` of the rollout's weights in the order the op takes them; ``None`` marks an absent
-    tensor (the LayerNorm offsets under RMSNorm). Dense weights are K-major ``[in, out]``, block-linear ones
-    ``[g, in/g, out/g]``."""
+    tensor (the LayerNorm offsets under RMSNorm). Matmul weights (the ``.W`` entries) are K-major float32
+    ``[in, out]`` (block-linear: ``[g, in/g, out/g]``), or with ``bf16`` the bf16 k-pairs of those
+    (:func:`pack_bf16_pairs`); the rest is float32."""
     d = dict(zip(ROLLOUT_DIMS, (int(v) for v in dims)))
+    out = _rollout_shapes(d)
+    if d["bf16"]:
+        out = [(k, None if s is None else (*s[:-2], (s[-2] + 1) // 2, s[-1], 2) if k.endswith(".W") else s)
+               for k, s in out]
+    return out
+
+
+def _rollout_shapes(d: dict) -> list:
     D, g, Hd, S, C, A = d["deter"], d["blocks"], d["hidden"], d["stoch"], d["classes"], d["act_dim"]
     U, layer_norm = d["actor_units"], d["norm"] == 1
     out = []
@@ -332,8 +355,10 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
         raise ValueError(f"dims: horizon, sizes and counts must be positive, got {d}")
     if d["deter"] % d["blocks"]:
         raise ValueError(f"dims: deter={d['deter']} is not divisible by blocks={d['blocks']}")
-    if d["norm"] not in (0, 1) or d["discrete"] not in (0, 1):
-        raise ValueError(f"dims: norm and discrete must be 0 or 1, got {d['norm']} and {d['discrete']}")
+    if d["norm"] not in (0, 1) or d["discrete"] not in (0, 1) or d["bf16"] not in (0, 1):
+        raise ValueError(f"dims: norm, discrete and bf16 must be 0 or 1, got {d['norm']}, {d['discrete']}, {d['bf16']}")
+    if d["bf16"] and (d["deter"] % 2 or (d["deter"] // d["blocks"]) % 2):
+        raise ValueError(f"dims: bf16 compute needs an even deter and deter/blocks, got {d['deter']}/{d['blocks']}")
     for k in ("actor_layers", "prior_layers"):
         if not 1 <= d[k] <= 8:
             raise ValueError(f"dims: {k} must be in [1, 8], got {d[k]}")
@@ -361,8 +386,9 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
             if w is not None:
                 raise ValueError(f"weights[{name}]: must be None with RMSNorm (norm=0)")
             continue
-        if not isinstance(w, torch.Tensor) or w.dtype != torch.float32 or tuple(w.shape) != shape:
-            raise ValueError(f"weights[{name}]: expected float32 {shape}, got "
+        want = torch.bfloat16 if d["bf16"] and name.endswith(".W") else torch.float32
+        if not isinstance(w, torch.Tensor) or w.dtype != want or tuple(w.shape) != shape:
+            raise ValueError(f"weights[{name}]: expected {str(want)[6:]} {shape}, got "
                              f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
         _check_same_device("h0", h0, f"weights[{name}]", w)
     if h0.is_cuda:
@@ -373,8 +399,9 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused imagination rollout: from start states ``h0 [N, deter]`` (float32) and ``z0 [N, stoch]`` (int32 class
     indices), run the actor, sample an action, step the block-GRU core, run the prior and sample the next latent,
-    ``horizon`` times. ``weights``: the tensors named by :func:`rollout_weight_shapes` (float32, contiguous after this
-    call); ``dims``: ints named by :data:`ROLLOUT_DIMS`; ``floats``: [rssm_unimix, actor_unimix, min_std, max_std];
+    ``horizon`` times. ``weights``: the tensors named by :func:`rollout_weight_shapes` (contiguous after this call);
+    ``dims``: ints named by :data:`ROLLOUT_DIMS` (``bf16``: matmuls on bf16-rounded inputs and bf16 weights with
+    float32 accumulation, everything else float32); ``floats``: [rssm_unimix, actor_unimix, min_std, max_std];
     ``seed``: the Philox key (the uniforms of row r, step t are :func:`reference.philox_uniform`'s). Returns
     (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
     """

@@ -153,12 +153,19 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
     and the draws from :func:`sample_index`, so the kernels sample the same classes wherever the probabilities
     agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``)."""
-    n, H, D, g, Hd, S, C, A, discrete, norm, La, _units, Ld, Lp = (int(v) for v in dims)
+    n, H, D, g, Hd, S, C, A, discrete, norm, La, _units, Ld, Lp, bf16 = (int(v) for v in dims)
     rssm_mix, actor_mix, min_std, max_std = (float(v) for v in floats)
     it = iter(weights)
 
-    def take(k):
-        return [next(it) for _ in range(k)]
+    def take(k):  # one layer: with bf16 its weight back to float32 [in, out] (exactly the bf16 values)
+        layer = [next(it) for _ in range(k)]
+        if bf16:
+            w = layer[0]
+            layer[0] = w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
+        return layer
+
+    def rnd(x):  # a matmul input as the kernels read it
+        return x.to(torch.bfloat16).float() if bf16 else x
 
     actor, actor_out = [take(4) for _ in range(La)], take(2)
     in_h, in_z, in_a = take(4), take(4), take(4)
@@ -169,7 +176,7 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
         return F.rms_norm(y, (y.shape[-1],), nw, 1e-4) if norm == 0 else F.layer_norm(y, (y.shape[-1],), nw, nb, 1e-3)
 
     def dense(x, layer):  # [W (K-major), b] or [W, b, norm weight, norm bias]: Linear (+ norm + SiLU)
-        y = x @ layer[0] + layer[1]
+        y = rnd(x) @ layer[0][:x.shape[-1]] + layer[1]
         return F.silu(normed(y, layer[2], layer[3])) if len(layer) == 4 else y
 
     def mlp(x, hidden, out):
@@ -178,7 +185,7 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
         return dense(x, out)
 
     def block(x, layer):  # x [N, in] -> [N, out] with W [g, in/g, out/g]
-        y = torch.einsum("ngi,gio->ngo", x.reshape(x.shape[0], g, -1), layer[0])
+        y = torch.einsum("ngi,gio->ngo", rnd(x).reshape(x.shape[0], g, -1), layer[0][:, :x.shape[-1] // g])
         return y.reshape(x.shape[0], -1) + layer[1]
 
     h, z = h0.float(), z0.long()
