@@ -3,6 +3,12 @@
 Imagination starts from every posterior state of the batch (stop-grad), runs the actor in the frozen world model
 for H steps under ``no_grad`` and then recomputes only what needs gradients on the detached features: the actor's
 log-probs/entropy (REINFORCE) and the critic's logits.
+
+The rollout itself is the fused kernel (:mod:`dreamer_ext.fused_rollout`) on the kernels backend for CPU tensors, in
+the precision of the surrounding autocast; otherwise (the reference backend, CUDA tensors until the CUDA rollout
+exists) it is the PyTorch loop :meth:`RSSM.imagine <dreamer_ext.rssm.RSSM.imagine>`. Both draw their randomness
+from the same Philox uniforms under one seed taken from torch's generator per call, so with the same torch seed
+they imagine the same trajectory, up to samples that rounding moves across a sampling boundary.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from torch import nn
 
 from . import ops
 from .config import Config
+from .fused_rollout import RolloutWeights, draw_seed, fused_imagine, rollout_uniforms
 from .dists import BoundedNormal, OneHotDist, TwoHot, make_bins
 from .nets import MLP, initialize, out_linear
 
@@ -114,11 +121,33 @@ class Behavior(nn.Module):
         return self.actor(feat).sample(uniform).detach()
 
     def imagine(self, wm, start: dict, horizon: int | None = None, uniforms: dict | None = None) -> dict:
-        """Imagined trajectory from ``start = {"h": [N, deter], "z": [N, S, C]}`` (detached) under no_grad."""
+        """Imagined trajectory from ``start = {"h": [N, deter], "z": [N, S, C]}`` (detached) under no_grad:
+        ``{"h": [H+1, N, deter], "z": [H+1, N, S, C], "feat": [H+1, N, F], "action": [H, N, A]}``.
+
+        Without ``uniforms`` it draws one Philox seed from torch's generator and runs the fused kernel where it
+        applies (see the module docstring), else the PyTorch loop on that seed's uniforms; with ``uniforms`` (tests)
+        it runs the loop on them."""
         horizon = self.config.imag.horizon if horizon is None else horizon
         start = {"h": start["h"].detach(), "z": start["z"].detach()}
         with torch.no_grad():
-            return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
+            if uniforms is not None:
+                return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
+            seed = draw_seed()
+            dev = start["h"].device
+            if ops.get_backend() == "kernels" and dev.type == "cpu":
+                bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                return fused_imagine(self._rollout_weights(wm), start, horizon, seed, bf16=bf16)
+            rssm = wm.rssm
+            u = rollout_uniforms(seed, start["h"].shape[0], horizon, rssm.S, 1 if self.discrete else self.act_dim, dev)
+            return rssm.imagine(self.policy_fn, start, horizon, u)
+
+    def _rollout_weights(self, wm) -> RolloutWeights:
+        """The fused rollout's packed weights for ``wm``'s RSSM and this actor (kept, repacked only on change)."""
+        cached = self.__dict__.get("_fused_weights")
+        if cached is None or cached.rssm is not wm.rssm:
+            cached = RolloutWeights(wm.rssm, self.actor)
+            self.__dict__["_fused_weights"] = cached
+        return cached
 
     def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None
              ) -> tuple[dict, dict, torch.Tensor]:
