@@ -273,10 +273,11 @@ def _chunk_from_payload(d: dict) -> Chunk:
                                     d.get("version", 0))
 
 
-def _write_arrays(path: str, arrays: dict) -> None:
-    """Arrays as an ``.npz`` (zip of .npy, fast deflate), written atomically."""
+def _write_arrays(path: str, arrays: dict, compress: bool = True) -> None:
+    """Arrays as an ``.npz`` (zip of .npy; fast deflate, or stored as they are), written atomically."""
     def write(f):
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        mode = dict(compression=zipfile.ZIP_DEFLATED, compresslevel=1) if compress else dict(compression=zipfile.ZIP_STORED)
+        with zipfile.ZipFile(f, "w", **mode) as z:
             for name, arr in arrays.items():
                 with z.open(name + ".npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, np.ascontiguousarray(arr), allow_pickle=False)
@@ -314,10 +315,11 @@ def _read_chunk_file(path: str, uid: int) -> Chunk:
 
 
 def _write_latent_file(path: str, c: Chunk, mutable: tuple[str, ...]) -> None:
-    """The mutable entries of a full chunk at its current version: ``meta`` = [uid, version], ``data.<key>``."""
+    """The mutable entries of a full chunk at its current version: ``meta`` = [uid, version], ``data.<key>``. Stored
+    without compression: float16 states barely deflate (about 10 %), and a save rewrites most of them."""
     arrays = {"meta": np.array([c.uid, c.version], np.int64)}
     arrays.update({f"data.{k}": c.data[k] for k in mutable})
-    _write_arrays(path, arrays)
+    _write_arrays(path, arrays, compress=False)
 
 
 def _read_latent_file(path: str, chunk: Chunk, version: int) -> None:
