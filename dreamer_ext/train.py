@@ -221,6 +221,7 @@ class Run:
     eval_envs: object
     logger: RunLogger
     ckpt: Checkpointer
+    last_eval_metrics: dict = dataclasses.field(default_factory=dict)  # of the newest evaluation in this process
 
     @property
     def image_key(self) -> str | None:
@@ -408,6 +409,7 @@ def evaluate(run: Run, record: bool, train_returns: list | None = None) -> tuple
                        record=cfg.video_frames if record else 0, record_key=run.image_key)
     metrics = summarize(out["returns"], out["lengths"])
     st.last_eval = st.step
+    run.last_eval_metrics = metrics
     run.logger.scalars(st.step, metrics)
     recorded = record and out["frames"] is not None
     if recorded:
@@ -506,11 +508,15 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
 
 
 def finish(run: Run, stopped_by: str | None, t_start: float, step0: int, updates0: int) -> dict:
-    """Final evaluation (unless stopped, or already done at this step), final checkpoint, summary."""
+    """Final evaluation (unless stopped, or already done at this step), final checkpoint, summary. The returned
+    metrics are those of the evaluation at the final step, whether the loop's own or this one."""
     cfg, st = run.cfg, run.st
     eval_metrics = {}
-    if stopped_by is None and cfg.eval_every and st.last_eval != st.step:
-        eval_metrics, _ = evaluate(run, record=False)
+    if stopped_by is None and cfg.eval_every:
+        if st.last_eval != st.step:
+            eval_metrics, _ = evaluate(run, record=False)
+        else:
+            eval_metrics = run.last_eval_metrics
     path = run.save_checkpoint()
     elapsed = time.time() - t_start
     summary = {"steps": st.step, "updates": st.updates, "skipped_updates": st.skipped_updates, "episodes": st.episodes,
@@ -522,8 +528,8 @@ def finish(run: Run, stopped_by: str | None, t_start: float, step0: int, updates
     else:
         print("done: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
         if eval_metrics:
-            print(f"final eval_return={eval_metrics['eval_return']:.3f} (mean of {cfg.eval_episodes} eval episodes)",
-                  flush=True)
+            print(f"final eval_return={eval_metrics['eval_return']:.3f} (mean of {cfg.eval_episodes} eval episodes, "
+                  f"{cfg.eval_policy} policy)", flush=True)
     print(f"checkpoint: {path}", flush=True)
     return {**summary, **eval_metrics, "checkpoint": path, "stopped_by": stopped_by}
 

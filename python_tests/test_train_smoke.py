@@ -41,6 +41,9 @@ def check_run(logdir, out, env_id, backend="reference"):
     # last step is hidden by finish()'s final evaluation, so image runs use an interval with a skippable middle)
     want = list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
     assert [int(s) for s, _ in evals] == want and all(math.isfinite(float(r)) for _, r in evals), out[-3000:]
+    # the final line reports the evaluation at the last step (here the loop's own), naming its policy
+    final = re.search(r"final eval_return=(-?[\d.]+) \(mean of 1 eval episodes, sample policy\)", out)
+    assert final and abs(float(final.group(1)) - float(evals[-1][1])) < 1e-2, out[-1500:]
     updates = int(re.search(r"done: steps=(\d+) updates=(\d+)", out).group(2))
     assert updates >= 10  # (300 - 64) / 16 ~ 15
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
