@@ -259,6 +259,33 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
      "actor_units, dyn_layers, prior_layers, bf16]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
      "pointers in the order of dreamer_ext.ops.rollout_weight_names.");
 
+  m.def("act", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
+                  uintptr_t h, uintptr_t z, uintptr_t prev_action, uintptr_t is_first, uintptr_t embed, uintptr_t h_out,
+                  uintptr_t z_out, uintptr_t a_out, bool sample, bool cuda, int nthreads, uintptr_t stream, int device) {
+    const Exec e = exec_of(cuda, nthreads, stream, device);
+    if (dims.size() != 17) throw std::invalid_argument("act: dims needs 17 entries (the rollout's, embed_dim, post_layers)");
+    std::vector<int64_t> rd(dims.begin(), dims.begin() + 15);
+    rd[13] = dims[16];  // the latent MLP parsed in the prior's place is the posterior
+    dx::RolloutParams p = rollout_params(rd, fl, seed, w, h, z, h_out, z_out, a_out);
+    dx::ActParams q{};
+    q.embed_dim = int(dims[15]);
+    q.post_layers = p.prior_layers;
+    for (int l = 0; l < q.post_layers; ++l) q.post[l] = p.prior[l];
+    q.post[0].in = p.deter + q.embed_dim;
+    q.post_out = p.prior_out;
+    q.embed = ptr<const float>(embed);
+    q.prev_action = ptr<const float>(prev_action);
+    q.is_first = ptr<const uint8_t>(is_first);
+    q.sample = sample;
+    if (cuda) throw std::invalid_argument("act: the CUDA acting step is not implemented yet; use CPU tensors");
+    py::gil_scoped_release nogil_;
+    dx::cpu::act_fwd(p, q, e);
+  }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h"), py::arg("z"),
+     py::arg("prev_action"), py::arg("is_first"), py::arg("embed"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"),
+     py::arg("sample"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), py::arg("device"),
+     "Fused acting step: the rollout's dims plus [embed_dim, post_layers]; weights as the rollout's with the "
+     "posterior MLP in the prior's place.");
+
   // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----
   m.def("philox4x32_10", [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
     const dx::Philox4 r = dx::philox4x32_10(dx::Philox4{c[0], c[1], c[2], c[3]}, k[0], k[1]);

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import ops
 
-__all__ = ["RolloutWeights", "fused_imagine", "draw_seed", "rollout_uniforms"]
+__all__ = ["RolloutWeights", "fused_imagine", "fused_act", "draw_seed", "rollout_uniforms"]
 
 
 def draw_seed() -> int:
@@ -39,10 +39,13 @@ def _dense(layer) -> list:
 
 class RolloutWeights:
     """The rollout op's weights for one (RSSM, actor) pair, repacked only when a parameter changed (their version
-    counters or storage moved), never per call."""
+    counters or storage moved), never per call. ``latent="post"``: the acting step's weights instead (the posterior
+    MLP, which also reads the observation embedding of ``embed_dim``, in the prior's place)."""
 
-    def __init__(self, rssm, actor):
-        self.rssm, self.actor = rssm, actor
+    def __init__(self, rssm, actor, latent: str = "prior"):
+        if latent not in ("prior", "post"):
+            raise ValueError(f"latent: expected 'prior' or 'post', got {latent!r}")
+        self.rssm, self.actor, self.latent = rssm, actor, latent
         self._params = [p for m in (rssm, actor) for p in m.parameters()]
         self._cache: dict = {}  # precision -> (parameter state, packed weights)
         self.packs = 0  # how many times weights were packed (tests)
@@ -69,7 +72,8 @@ class RolloutWeights:
         return self._cache[bool(bf16)][1]
 
     def _is_matmul(self) -> list[bool]:
-        return [name.endswith(".W") for name, _ in ops.rollout_weight_shapes(self.dims(1, 1))]
+        shapes = ops.act_weight_shapes if self.latent == "post" else ops.rollout_weight_shapes
+        return [name.endswith(".W") for name, _ in shapes(self.dims(1, 1))]
 
     def _layout(self) -> list:
         r, a = self.rssm, self.actor
@@ -78,13 +82,15 @@ class RolloutWeights:
         for d in r.dyn:
             out += [d["lin"].weight, d["lin"].bias, d["norm"].weight, d["norm"].bias if d["norm"].kind == "layer" else None]
         out += [r.gru.weight, r.gru.bias]
-        out += [w for layer in r.prior_mlp for w in _dense(layer)] + [r.prior_out.weight.t(), r.prior_out.bias]
+        mlp, head = (r.post_mlp, r.post_out) if self.latent == "post" else (r.prior_mlp, r.prior_out)
+        out += [w for layer in mlp for w in _dense(layer)] + [head.weight.t(), head.bias]
         return out
 
     def dims(self, n: int, horizon: int, bf16: bool = False) -> list[int]:
         r, a = self.rssm, self.actor
-        return [n, horizon, r.deter, r.g, r.hidden, r.S, r.C, a.act_dim, int(a.discrete),
+        dims = [n, horizon, r.deter, r.g, r.hidden, r.S, r.C, a.act_dim, int(a.discrete),
                 int(r.in_h.norm.kind == "layer"), len(a.mlp), a.cfg.units, len(r.dyn), len(r.prior_mlp), int(bf16)]
+        return dims + [r.embed_dim, len(r.post_mlp)] if self.latent == "post" else dims
 
     def floats(self) -> list[float]:
         return [float(self.rssm.unimix), float(self.actor.cfg.unimix), float(self.actor.cfg.min_std),
@@ -103,3 +109,23 @@ def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int 
     z1 = F.one_hot(z.long(), weights.rssm.C).float()
     feat = torch.cat([h, z1.reshape(*z1.shape[:-2], -1)], -1)
     return {"h": h, "z": z1, "feat": feat, "action": a}
+
+
+def z_indices(z: torch.Tensor) -> torch.Tensor:
+    """One-hot latents ``[..., S, C]`` -> int32 class indices ``[..., S]``, -1 for an all-zero group (a zero carry)."""
+    idx = z.argmax(-1).to(torch.int32)
+    return torch.where(z.amax(-1) > 0, idx, torch.full_like(idx, -1))
+
+
+def fused_act(weights: RolloutWeights, carry: dict, embed: torch.Tensor, is_first: torch.Tensor, sample: bool,
+              seed: int | None = None, bf16: bool = False) -> tuple[torch.Tensor, dict]:
+    """One acting step through :func:`ops.act` (``weights`` made with ``latent="post"``): ``carry = {"h", "z",
+    "action"}`` of the previous step, ``embed [n, E]``, ``is_first [n]`` -> (action ``[n, A]``, posterior state
+    ``{"h", "z" one-hot}``)."""
+    h = carry["h"].detach().float().contiguous()
+    seed = draw_seed() if seed is None else seed
+    n = h.shape[0]
+    hn, zn, a = ops.act(h, z_indices(carry["z"].detach()), carry["action"].detach().float(), is_first.bool(),
+                        embed.detach().float(), weights.get(bf16), weights.dims(n, 1, bf16), weights.floats(), seed,
+                        sample)
+    return a, {"h": hn, "z": F.one_hot(zn.long(), weights.rssm.C).float()}

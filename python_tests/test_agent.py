@@ -95,9 +95,10 @@ def test_eval_mode_takes_the_actors_mode_and_train_mode_samples(discrete):
         action, carry = agent.policy(obs, agent.initial_carry(16), sample=sample)
         with torch.no_grad(), agent.autocast():  # the same compute precision as the policy's
             mode_action = agent.behavior.actor(agent.wm.rssm.feat(carry)).mode()
-        if not discrete:
-            mode_action = mode_action.clamp(-1, 1)
-        assert torch.equal(action, mode_action) == want_equal, sample
+        if discrete:
+            assert torch.equal(action, mode_action) == want_equal, sample
+        else:  # the fused step rounds differently from the autocast actor (~1e-4); a sample is ~0.1 away
+            assert torch.allclose(action, mode_action.clamp(-1, 1), atol=2e-3, rtol=0) == want_equal, sample
 
 
 def test_policy_reset_by_is_first():
@@ -153,3 +154,22 @@ def test_checkpoint_round_trip_resumes_identically():
     assert m1["loss/total"] == m2["loss/total"]
     for (k, v1), v2 in zip(a1.state_dict().items(), a2.state_dict().values()):
         assert torch.equal(v1, v2), k
+
+
+def test_small_acting_batches_run_on_one_thread_and_restore_the_count(monkeypatch):
+    from dreamer_ext import agent as agent_mod
+    torch.manual_seed(0)
+    spec = vector_spec()
+    agent = Agent(tiny_config(), spec)
+    seen = []
+    real = agent_mod.fused_act
+    monkeypatch.setattr(agent_mod, "fused_act", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for n in (1, 16, 17, 40):
+            agent.policy(_obs(spec, n), agent.initial_carry(n))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 2, 2]   # one thread per 16 environments, at most torch's count

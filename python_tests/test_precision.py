@@ -82,12 +82,16 @@ def test_bf16_keeps_the_listed_parts_fp32(monkeypatch):
     moments = [v for o in agent.opt.opts.values() for st in o.state.values() for v in st.values()
                if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
     assert moments and all(v.dtype == torch.float32 for v in moments)                  # and optimiser state
-    # acting uses the same precision
-    seen["linear"].clear()
+    # acting uses the same precision: the encoder under autocast, the fused step in bf16
+    seen["conv"].clear()
+    fused = []
+    real_act = agent_mod.fused_act
+    monkeypatch.setattr(agent_mod, "fused_act", lambda *a, **k: (fused.append(k.get("bf16")), real_act(*a, **k))[1])
     obs = {k: batch[k][:, 0] for k in ("image", "vector")}
     obs["is_first"] = torch.ones(2, dtype=torch.bool)
     action, carry = agent.policy(obs, agent.initial_carry(2))
-    assert seen["linear"] == {torch.bfloat16} and carry["h"].dtype == torch.float32 and action.dtype == torch.float32
+    assert seen["conv"] == {torch.bfloat16} and fused == [True]
+    assert carry["h"].dtype == torch.float32 and action.dtype == torch.float32
 
 
 def test_fp32_computes_in_fp32(monkeypatch):

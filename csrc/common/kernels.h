@@ -19,4 +19,7 @@ DX_DECLARE_KERNELS(cuda)
 
 // The fused imagination rollout (float32; CPU only so far).
 #include "rollout.h"
-namespace dx { namespace cpu { void rollout_fwd(const RolloutParams& p, const Exec& e); } }
+namespace dx { namespace cpu {
+void rollout_fwd(const RolloutParams& p, const Exec& e);
+void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e);
+} }

@@ -42,6 +42,17 @@ struct RolloutParams {
   float* a_out;        // [H, n, act_dim]
 };
 
+// The acting step (one posterior step + actor per environment) reuses RolloutParams for the actor and the core
+// (h0/z0: the carry, h_out/z_out/a_out: [1, n, ...]; the prior fields unused) plus these.
+struct ActParams {
+  int embed_dim;
+  int post_layers; DenseW post[kRolloutMaxLayers]; DenseW post_out;  // post.0 reads [h', embed]: in = deter + embed_dim
+  const float* embed;        // [n, embed_dim]
+  const float* prev_action;  // [n, act_dim]: the action taken before this step (zeros: none)
+  const uint8_t* is_first;   // [n]: reset h, z and the previous action to zeros first
+  bool sample;               // sample the action (else its mode)
+};
+
 // ---- bf16 ----
 // float32 -> bf16 bits, round to nearest even (NaN stays a quiet NaN), and back.
 DX_HD uint16_t f32_to_bf16(float f) {

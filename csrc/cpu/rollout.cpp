@@ -246,6 +246,7 @@ DX_INLINE void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, 
   for (int r = 0; r < R; ++r) {
     float* y = Y + r * ldy;
     for (int s = 0; s < S; ++s) {
+      if (idx[r * ldi + s] < 0) continue;  // an all-zero one-hot group (a reset state, no action yet)
       const int64_t k = k0 + int64_t(s) * C + idx[r * ldi + s];
       if (W.f) {
         const float* w = W.f + k * W.ld;
@@ -276,7 +277,7 @@ struct Scratch {
   std::vector<float> a, xa, xb, x3, dyn_a, dyn_b, gates, logits;
   std::vector<int32_t> aidx;
   std::vector<uint32_t> hp, x3p, xp;  // bf16 k-pairs of matmul inputs: h, x3, the others
-  explicit Scratch(const RolloutParams& p) {
+  explicit Scratch(const RolloutParams& p, int embed_dim = 0) {
     const int R = kRowBlock;
     int width = std::max(p.hidden, 1);
     for (int l = 0; l < p.actor_layers; ++l) width = std::max(width, p.actor[l].out);
@@ -293,7 +294,7 @@ struct Scratch {
     if (p.bf16) {
       hp.resize(size_t(R) * (p.deter / 2 + 1));
       x3p.resize(size_t(R) * (3 * p.hidden / 2 + 1));
-      xp.resize(size_t(R) * (std::max({p.deter, width, p.act_dim}) / 2 + 1));
+      xp.resize(size_t(R) * (std::max({p.deter, width, p.act_dim, embed_dim}) / 2 + 1));
     }
   }
 };
@@ -319,11 +320,163 @@ DX_INLINE void block_linear(const BlockW& L, int g, int R, const In& h, int hd, 
   }
 }
 
+// ---- the pieces of a step, on one row block of R rows (rows b0 .. b0 + R - 1 of the call) ----
+
+// Actor logits [R, AO] into sc.logits from feat = [h, onehot z] (z index < 0: an all-zero group).
+DX_INLINE float* actor_logits(const RolloutParams& p, Scratch& sc, int R, const In& hin, const int32_t* z) {
+  const int D = p.deter, S = p.stoch, C = p.classes;
+  uint32_t* xp = sc.xp.data();
+  float* x = sc.xa.data();
+  float* y = sc.xb.data();
+  int width = 0;
+  for (int l = 0; l < p.actor_layers; ++l) {
+    const DenseW& L = p.actor[l];
+    set_bias(R, L.b, L.out, y, L.out);
+    if (l == 0) {
+      gemm_acc(R, hin, 0, mat(L), 0, D, L.out, y, L.out);
+      gather_acc(R, z, S, S, C, mat(L), D, L.out, y, L.out);
+    } else {
+      gemm_acc(R, prep(R, x, width, width, p.bf16, xp), 0, mat(L), 0, L.in, L.out, y, L.out);
+    }
+    norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
+    std::swap(x, y);
+    width = L.out;
+  }
+  float* logits = sc.logits.data();
+  const int AO = p.actor_out.out;
+  set_bias(R, p.actor_out.b, AO, logits, AO);
+  gemm_acc(R, prep(R, x, width, width, p.bf16, xp), 0, mat(p.actor_out), 0, width, AO, logits, AO);
+  return logits;
+}
+
+// Actions [R, A] from actor logits: sampled with the uniforms of (row, step) or, with sample = false, the mode
+// (discrete: the most probable class, the first on ties; continuous: tanh of the mean). Discrete indices go to
+// sc.aidx for the core's gather.
+DX_INLINE void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, float* logits,
+                            float* act, bool sample) {
+  const int A = p.act_dim, AO = p.actor_out.out;
+  for (int r = 0; r < R; ++r) {
+    const uint32_t row = uint32_t(b0 + r);
+    float* l = logits + int64_t(r) * AO;
+    float* a = act + int64_t(r) * A;
+    if (p.discrete) {
+      unimix_probs(l, A, p.actor_unimix);
+      int k = 0;
+      if (sample) {
+        k = sample_index(l, A, rollout_uniform(p.seed, row, step, kStreamAction, 0));
+      } else {
+        for (int j = 1; j < A; ++j) k = l[j] > l[k] ? j : k;
+      }
+      for (int j = 0; j < A; ++j) a[j] = j == k ? 1.0f : 0.0f;
+      sc.aidx[r] = k;
+    } else {
+      for (int j = 0; j < A; ++j) {
+        const float mean = tanh_(l[j]);
+        if (!sample) {
+          a[j] = mean;
+          continue;
+        }
+        const float std_ = (p.max_std - p.min_std) * sigmoid_(l[A + j] + 2.0f) + p.min_std;
+        a[j] = mean + std_ * normal_from_uniform(rollout_uniform(p.seed, row, step, kStreamAction, uint32_t(j)));
+      }
+    }
+  }
+}
+
+// The block-GRU core: hn [R, D] from h (also as `hin`), z indices, and the action taken (discrete: sc.aidx, an
+// index < 0 being no action; continuous: act [R, A]).
+DX_INLINE void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const float* h, const int32_t* z,
+                         const float* act, float* hn) {
+  const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
+  uint32_t* xp = sc.xp.data();
+  float* x3 = sc.x3.data();
+  for (int r = 0; r < R; ++r) {
+    std::memcpy(x3 + int64_t(r) * H3, p.in_h.b, sizeof(float) * Hd);
+    std::memcpy(x3 + int64_t(r) * H3 + Hd, p.in_z.b, sizeof(float) * Hd);
+    std::memcpy(x3 + int64_t(r) * H3 + 2 * Hd, p.in_a.b, sizeof(float) * Hd);
+  }
+  gemm_acc(R, hin, 0, mat(p.in_h), 0, D, Hd, x3, H3);
+  gather_acc(R, z, S, S, C, mat(p.in_z), 0, Hd, x3 + Hd, H3);
+  if (p.discrete) {
+    gather_acc(R, sc.aidx.data(), 1, 1, A, mat(p.in_a), 0, Hd, x3 + 2 * Hd, H3);
+  } else {
+    float* an = sc.a.data();  // a / max(|a|, 1), elementwise
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < A; ++j) {
+        const float v = act[int64_t(r) * A + j];
+        an[int64_t(r) * A + j] = v / std::max(std::fabs(v), 1.0f);
+      }
+    gemm_acc(R, prep(R, an, A, A, p.bf16, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int part = 0; part < 3; ++part) {
+      const DenseW& L = part == 0 ? p.in_h : part == 1 ? p.in_z : p.in_a;
+      norm_silu_row(x3 + int64_t(r) * H3 + part * Hd, Hd, L.nw, L.nb, p.norm);
+    }
+  const In x3in = prep(R, x3, H3, H3, p.bf16, sc.x3p.data());
+  In xin{};
+  bool have_xin = false;
+  float* dbuf[2] = {sc.dyn_a.data(), sc.dyn_b.data()};
+  for (int i = 0; i < p.dyn_layers; ++i) {
+    float* out = dbuf[i & 1];
+    block_linear(p.dyn[i], g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, out);
+    norm_silu(R, out, D, D, p.dyn[i].nw, p.dyn[i].nb, p.norm);
+    xin = prep(R, out, D, D, p.bf16, xp);
+    have_xin = true;
+  }
+  float* gates = sc.gates.data();
+  block_linear(p.gru, g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, gates);
+  const int db = D / g;
+  for (int r = 0; r < R; ++r) {
+    const float* gr = gates + int64_t(r) * 3 * D;
+    const float* hr = h + int64_t(r) * D;
+    float* hnr = hn + int64_t(r) * D;
+    for (int i = 0; i < g; ++i) {
+      const float* gi = gr + int64_t(i) * 3 * db;  // per block: r, c, u
+      for (int j = 0; j < db; ++j) hnr[i * db + j] = gru_update(gi[j], gi[db + j], gi[2 * db + j], hr[i * db + j]);
+    }
+  }
+}
+
+// Latent sample zn [R, S] from an MLP (the prior on h', or the posterior on [h', embed]) and its output layer.
+DX_INLINE void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, const DenseW* layers,
+                           int nlayers, const DenseW& out, const float* hn, const float* embed, int E, int32_t* zn) {
+  const int D = p.deter, S = p.stoch, C = p.classes, SC = S * C;
+  uint32_t* xp = sc.xp.data();
+  float* x = sc.xa.data();
+  float* y = sc.xb.data();
+  const float* pin = hn;
+  int pw = D;
+  for (int l = 0; l < nlayers; ++l) {
+    const DenseW& L = layers[l];
+    if (l == 0 && embed) {  // [h', embed]: two inputs, one weight (rows D.. for the embedding)
+      set_bias(R, L.b, L.out, y, L.out);
+      gemm_acc(R, prep(R, hn, D, D, p.bf16, xp), 0, mat(L), 0, D, L.out, y, L.out);
+      gemm_acc(R, prep(R, embed, E, E, p.bf16, xp), 0, mat(L), D, E, L.out, y, L.out);
+      norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
+    } else {
+      dense(L, R, prep(R, pin, pw, pw, p.bf16, xp), y, L.out, p.norm);
+    }
+    std::swap(x, y);
+    pin = x;
+    pw = L.out;
+  }
+  float* logits = sc.logits.data();
+  set_bias(R, out.b, SC, logits, SC);
+  gemm_acc(R, prep(R, pin, pw, pw, p.bf16, xp), 0, mat(out), 0, pw, SC, logits, SC);
+  for (int r = 0; r < R; ++r) {
+    const uint32_t row = uint32_t(b0 + r);
+    for (int s = 0; s < S; ++s) {
+      float* l = logits + int64_t(r) * SC + int64_t(s) * C;
+      unimix_probs(l, C, p.rssm_unimix);
+      zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, row, step, kStreamLatent, uint32_t(s)));
+    }
+  }
+}
+
 DX_MULTIVERSION void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
   Scratch sc(p);
-  uint32_t* xp = sc.xp.data();
-  const bool bf = p.bf16;
-  const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks;
+  const int D = p.deter, S = p.stoch, A = p.act_dim;
   const int64_t N = p.n;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
     const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
@@ -335,126 +488,42 @@ DX_MULTIVERSION void rollout_rows(const RolloutParams& p, int64_t row0, int64_t 
       float* hn = p.h_out + (int64_t(t + 1) * N + b0) * D;
       int32_t* zn = p.z_out + (int64_t(t + 1) * N + b0) * S;
       float* act = p.a_out + (int64_t(t) * N + b0) * A;
+      const In hin = prep(R, h, D, D, p.bf16, sc.hp.data());  // h feeds the actor, in_h and the first core layer
+      pick_actions(p, sc, R, b0, uint32_t(t), actor_logits(p, sc, R, hin, z), act, true);
+      core_step(p, sc, R, hin, h, z, act, hn);
+      latent_step(p, sc, R, b0, uint32_t(t), p.prior, p.prior_layers, p.prior_out, hn, nullptr, 0, zn);
+    }
+  }
+}
 
-      const In hin = prep(R, h, D, D, bf, sc.hp.data());  // h feeds the actor, in_h and the first core layer
-
-      // ---- actor on feat = [h, onehot z] ----
-      float* x = sc.xa.data();
-      float* y = sc.xb.data();
-      int width = 0;
-      for (int l = 0; l < p.actor_layers; ++l) {
-        const DenseW& L = p.actor[l];
-        set_bias(R, L.b, L.out, y, L.out);
-        if (l == 0) {
-          gemm_acc(R, hin, 0, mat(L), 0, D, L.out, y, L.out);
-          gather_acc(R, z, S, S, C, mat(L), D, L.out, y, L.out);
-        } else {
-          gemm_acc(R, prep(R, x, width, width, bf, xp), 0, mat(L), 0, L.in, L.out, y, L.out);
-        }
-        norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
-        std::swap(x, y);
-        width = L.out;
-      }
-      float* logits = sc.logits.data();
-      const int AO = p.actor_out.out;
-      set_bias(R, p.actor_out.b, AO, logits, AO);
-      gemm_acc(R, prep(R, x, width, width, bf, xp), 0, mat(p.actor_out), 0, width, AO, logits, AO);
-
-      // ---- action sample ----
-      for (int r = 0; r < R; ++r) {
-        const uint32_t row = uint32_t(b0 + r);
-        float* l = logits + int64_t(r) * AO;
-        float* a = act + int64_t(r) * A;
-        if (p.discrete) {
-          unimix_probs(l, A, p.actor_unimix);
-          const int k = sample_index(l, A, rollout_uniform(p.seed, row, uint32_t(t), kStreamAction, 0));
-          for (int j = 0; j < A; ++j) a[j] = j == k ? 1.0f : 0.0f;
-          sc.aidx[r] = k;
-        } else {
-          for (int j = 0; j < A; ++j) {
-            const float mean = tanh_(l[j]);
-            const float std_ = (p.max_std - p.min_std) * sigmoid_(l[A + j] + 2.0f) + p.min_std;
-            a[j] = mean + std_ * normal_from_uniform(rollout_uniform(p.seed, row, uint32_t(t), kStreamAction, uint32_t(j)));
-          }
-        }
-      }
-
-      // ---- core inputs: in_h(h), in_z(z), in_a(a) -> x3 [R, 3 hidden] ----
-      float* x3 = sc.x3.data();
-      const int H3 = 3 * Hd;
-      for (int r = 0; r < R; ++r) {
-        std::memcpy(x3 + int64_t(r) * H3, p.in_h.b, sizeof(float) * Hd);
-        std::memcpy(x3 + int64_t(r) * H3 + Hd, p.in_z.b, sizeof(float) * Hd);
-        std::memcpy(x3 + int64_t(r) * H3 + 2 * Hd, p.in_a.b, sizeof(float) * Hd);
-      }
-      gemm_acc(R, hin, 0, mat(p.in_h), 0, D, Hd, x3, H3);
-      gather_acc(R, z, S, S, C, mat(p.in_z), 0, Hd, x3 + Hd, H3);
-      if (p.discrete) {
-        gather_acc(R, sc.aidx.data(), 1, 1, A, mat(p.in_a), 0, Hd, x3 + 2 * Hd, H3);
-      } else {
-        float* an = sc.a.data();  // a / max(|a|, 1), elementwise
-        for (int r = 0; r < R; ++r)
-          for (int j = 0; j < A; ++j) {
-            const float v = act[int64_t(r) * A + j];
-            an[int64_t(r) * A + j] = v / std::max(std::fabs(v), 1.0f);
-          }
-        gemm_acc(R, prep(R, an, A, A, bf, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
-      }
-      for (int r = 0; r < R; ++r)
-        for (int part = 0; part < 3; ++part) {
-          const DenseW& L = part == 0 ? p.in_h : part == 1 ? p.in_z : p.in_a;
-          norm_silu_row(x3 + int64_t(r) * H3 + part * Hd, Hd, L.nw, L.nb, p.norm);
-        }
-
-      // ---- dyn layers and the GRU gates ----
-      const In x3in = prep(R, x3, H3, H3, bf, sc.x3p.data());
-      In xin{};
-      bool have_xin = false;
-      float* dbuf[2] = {sc.dyn_a.data(), sc.dyn_b.data()};
-      for (int i = 0; i < p.dyn_layers; ++i) {
-        float* out = dbuf[i & 1];
-        block_linear(p.dyn[i], g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, out);
-        norm_silu(R, out, D, D, p.dyn[i].nw, p.dyn[i].nb, p.norm);
-        xin = prep(R, out, D, D, bf, xp);
-        have_xin = true;
-      }
-      float* gates = sc.gates.data();
-      block_linear(p.gru, g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, gates);
-      const int db = D / g;
-      for (int r = 0; r < R; ++r) {
-        const float* gr = gates + int64_t(r) * 3 * D;
-        const float* hr = h + int64_t(r) * D;
-        float* hnr = hn + int64_t(r) * D;
-        for (int i = 0; i < g; ++i) {
-          const float* gi = gr + int64_t(i) * 3 * db;  // per block: r, c, u
-          for (int j = 0; j < db; ++j)
-            hnr[i * db + j] = gru_update(gi[j], gi[db + j], gi[2 * db + j], hr[i * db + j]);
-        }
-      }
-
-      // ---- prior on h' and the latent sample ----
-      x = sc.xa.data();
-      y = sc.xb.data();
-      const float* pin = hn;
-      int pw = D;
-      for (int l = 0; l < p.prior_layers; ++l) {
-        dense(p.prior[l], R, prep(R, pin, pw, pw, bf, xp), y, p.prior[l].out, p.norm);
-        std::swap(x, y);
-        pin = x;
-        pw = p.prior[l].out;
-      }
-      const int SC = S * C;
-      set_bias(R, p.prior_out.b, SC, logits, SC);
-      gemm_acc(R, prep(R, pin, pw, pw, bf, xp), 0, mat(p.prior_out), 0, pw, SC, logits, SC);
-      for (int r = 0; r < R; ++r) {
-        const uint32_t row = uint32_t(b0 + r);
-        for (int s = 0; s < S; ++s) {
-          float* l = logits + int64_t(r) * SC + int64_t(s) * C;
-          unimix_probs(l, C, p.rssm_unimix);
-          zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, row, uint32_t(t), kStreamLatent, uint32_t(s)));
-        }
+// One acting step per row: reset the carry where is_first, core on (h, z, previous action), posterior latent on
+// [h', embed], then the actor's action on [h', z'].
+DX_MULTIVERSION void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t row_end) {
+  Scratch sc(p, q.embed_dim);
+  const int D = p.deter, S = p.stoch, A = p.act_dim;
+  std::vector<float> h(size_t(kRowBlock) * D), prev(size_t(kRowBlock) * A);
+  std::vector<int32_t> z(size_t(kRowBlock) * S);
+  for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
+    const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = b0 + r;
+      const bool first = q.is_first[i] != 0;
+      for (int j = 0; j < D; ++j) h[size_t(r) * D + j] = first ? 0.0f : p.h0[i * D + j];
+      for (int s = 0; s < S; ++s) z[size_t(r) * S + s] = first ? -1 : p.z0[i * S + s];
+      for (int j = 0; j < A; ++j) prev[size_t(r) * A + j] = first ? 0.0f : q.prev_action[i * A + j];
+      if (p.discrete) {  // the previous action's index, or none (an all-zero action: the initial carry)
+        int k = -1;
+        for (int j = 0; j < A; ++j) k = prev[size_t(r) * A + j] > 0.5f ? j : k;
+        sc.aidx[r] = k;
       }
     }
+    float* hn = p.h_out + b0 * D;
+    int32_t* zn = p.z_out + b0 * S;
+    const In hin = prep(R, h.data(), D, D, p.bf16, sc.hp.data());
+    core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn);
+    latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn);
+    const In hnin = prep(R, hn, D, D, p.bf16, sc.hp.data());
+    pick_actions(p, sc, R, b0, 0, actor_logits(p, sc, R, hnin, zn), p.a_out + b0 * A, q.sample);
   }
 }
 
@@ -466,6 +535,14 @@ void rollout_fwd(const RolloutParams& p, const Exec& e) {
   const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
   parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
     rollout_rows(p, b * kRowBlock, std::min(p.n, end * kRowBlock));
+  });
+}
+
+void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e) {
+  if (p.n <= 0) return;
+  const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
+  parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
+    act_rows(p, q, b * kRowBlock, std::min(p.n, end * kRowBlock));
   });
 }
 

@@ -30,7 +30,7 @@ import torch
 from . import reference
 
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "rollout_weight_shapes",
-           "ROLLOUT_DIMS", "set_backend", "get_backend", "use_backend", "backend_report", "OP_NAMES"]
+           "ROLLOUT_DIMS", "act", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend", "use_backend", "backend_report", "OP_NAMES"]
 
 OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return")
 _BACKENDS = ("kernels", "reference")
@@ -290,6 +290,9 @@ ROLLOUT_DIMS = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes",
                 "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16")
 
 
+ACT_DIMS = ROLLOUT_DIMS + ("embed_dim", "post_layers")
+
+
 def pack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
     """A K-major matmul weight ``[..., K, O]`` as bf16 k-pairs ``[..., ceil(K/2), O, 2]`` (an odd K gets a zero
     row): the layout the bf16 rollout kernel reads."""
@@ -310,14 +313,24 @@ def rollout_weight_shapes(dims) -> list[tuple[str, tuple | None]]:
     ``[in, out]`` (block-linear: ``[g, in/g, out/g]``), or with ``bf16`` the bf16 k-pairs of those
     (:func:`pack_bf16_pairs`); the rest is float32."""
     d = dict(zip(ROLLOUT_DIMS, (int(v) for v in dims)))
-    out = _rollout_shapes(d)
+    return _bf16_shapes(d, _rollout_shapes(d, "prior", d["prior_layers"], 0))
+
+
+def act_weight_shapes(dims) -> list[tuple[str, tuple | None]]:
+    """The acting step's weights (:func:`act`): the rollout's actor and core, then the posterior MLP (its first
+    layer reads ``[h', embed]``) and output layer in place of the prior's."""
+    d = dict(zip(ACT_DIMS, (int(v) for v in dims)))
+    return _bf16_shapes(d, _rollout_shapes(d, "post", d["post_layers"], d["embed_dim"]))
+
+
+def _bf16_shapes(d: dict, out: list) -> list:
     if d["bf16"]:
         out = [(k, None if s is None else (*s[:-2], (s[-2] + 1) // 2, s[-1], 2) if k.endswith(".W") else s)
                for k, s in out]
     return out
 
 
-def _rollout_shapes(d: dict) -> list:
+def _rollout_shapes(d: dict, latent: str, latent_layers: int, embed_dim: int) -> list:
     D, g, Hd, S, C, A = d["deter"], d["blocks"], d["hidden"], d["stoch"], d["classes"], d["act_dim"]
     U, layer_norm = d["actor_units"], d["norm"] == 1
     out = []
@@ -339,17 +352,17 @@ def _rollout_shapes(d: dict) -> list:
                     (f"dyn.{l}.norm.b", (D,) if layer_norm else None)])
     i = D if d["dyn_layers"] else first
     out.extend([("gru.W", (g, i // g, 3 * D // g)), ("gru.b", (3 * D,))])
-    for l in range(d["prior_layers"]):
-        dense(f"prior.{l}", D if l == 0 else Hd, Hd)
-    i = Hd if d["prior_layers"] else D
-    out.extend([("prior_out.W", (i, S * C)), ("prior_out.b", (S * C,))])
+    for l in range(latent_layers):
+        dense(f"{latent}.{l}", D + embed_dim if l == 0 else Hd, Hd)
+    i = Hd if latent_layers else D + embed_dim
+    out.extend([(f"{latent}_out.W", (i, S * C)), (f"{latent}_out.b", (S * C,))])
     return out
 
 
-def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
-    if len(dims) != len(ROLLOUT_DIMS) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims):
-        raise ValueError(f"dims: expected {len(ROLLOUT_DIMS)} ints {ROLLOUT_DIMS}, got {dims!r}")
-    d = dict(zip(ROLLOUT_DIMS, dims))
+def _check_model_dims(dims, names) -> dict:
+    if len(dims) != len(names) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims):
+        raise ValueError(f"dims: expected {len(names)} ints {names}, got {dims!r}")
+    d = dict(zip(names, dims))
     if d["horizon"] < 1 or d["n"] < 0 or min(d[k] for k in ("deter", "blocks", "hidden", "stoch", "classes",
                                                              "act_dim", "actor_units")) < 1:
         raise ValueError(f"dims: horizon, sizes and counts must be positive, got {d}")
@@ -359,11 +372,15 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
         raise ValueError(f"dims: norm, discrete and bf16 must be 0 or 1, got {d['norm']}, {d['discrete']}, {d['bf16']}")
     if d["bf16"] and (d["deter"] % 2 or (d["deter"] // d["blocks"]) % 2):
         raise ValueError(f"dims: bf16 compute needs an even deter and deter/blocks, got {d['deter']}/{d['blocks']}")
-    for k in ("actor_layers", "prior_layers"):
-        if not 1 <= d[k] <= 8:
+    for k in ("actor_layers", "prior_layers", "post_layers"):
+        if k in d and not 1 <= d[k] <= 8:
             raise ValueError(f"dims: {k} must be in [1, 8], got {d[k]}")
     if not 0 <= d["dyn_layers"] <= 8:
         raise ValueError(f"dims: dyn_layers must be in [0, 8], got {d['dyn_layers']}")
+    return d
+
+
+def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_min: int) -> None:
     if len(floats) != 4:
         raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
@@ -375,10 +392,9 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
     if not isinstance(z0, torch.Tensor) or z0.dtype != torch.int32 or tuple(z0.shape) != (n, S):
         raise ValueError(f"z0: expected int32 class indices [{n}, {S}], got "
                          f"{getattr(z0, 'dtype', type(z0).__name__)} {tuple(getattr(z0, 'shape', ()))}")
-    if z0.numel() and (int(z0.min()) < 0 or int(z0.max()) >= C):
-        raise ValueError(f"z0: class indices must lie in [0, {C})")
+    if z0.numel() and (int(z0.min()) < z_min or int(z0.max()) >= C):
+        raise ValueError(f"z0: class indices must lie in [{z_min}, {C})")
     _check_same_device("h0", h0, "z0", z0)
-    shapes = rollout_weight_shapes(dims)
     if len(weights) != len(shapes):
         raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
     for (name, shape), w in zip(shapes, weights):
@@ -392,7 +408,12 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
                              f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
         _check_same_device("h0", h0, f"weights[{name}]", w)
     if h0.is_cuda:
-        raise ValueError("h0: the rollout runs on CPU tensors only so far (its CUDA kernels are not written yet)")
+        raise ValueError("h0: the rollout and acting kernels run on CPU tensors only so far (no CUDA kernels yet)")
+
+
+def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
+    d = _check_model_dims(dims, ROLLOUT_DIMS)
+    _check_state_and_weights(d, h0, z0, weights, rollout_weight_shapes(dims), floats, seed, 0)
 
 
 def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
@@ -413,3 +434,34 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     if torch.compiler.is_compiling():
         return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
     return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
+
+
+def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor, embed: torch.Tensor,
+        weights: list, dims: list, floats: list, seed: int, sample: bool = True
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused acting step for ``n`` environments: where ``is_first [n]`` (bool) the carry is reset to zeros; then the
+    core on (``h [n, deter]``, ``z [n, stoch]`` int32 class indices, -1 marking an all-zero group as in a zero
+    carry, ``prev_action [n, act_dim]``), the posterior latent on ``[h', embed [n, embed_dim]]`` and the actor's
+    action on ``[h', z']``, sampled (``sample``) or its mode. ``weights``: named by :func:`act_weight_shapes`;
+    ``dims``: :data:`ACT_DIMS` (``horizon`` = 1); the uniforms are those of step 0 of :func:`rollout` for row i.
+    Returns (h' ``[n, deter]``, z' ``[n, stoch]`` int32, action ``[n, act_dim]``). No gradient."""
+    dims = list(dims)
+    d = _check_model_dims(dims, ACT_DIMS)
+    if d["horizon"] != 1:
+        raise ValueError(f"dims: the acting step takes horizon 1, got {d['horizon']}")
+    _check_state_and_weights(d, h, z, weights, act_weight_shapes(dims), list(floats), seed, -1)
+    n, A, E = d["n"], d["act_dim"], d["embed_dim"]
+    for name, t, shape in (("prev_action", prev_action, (n, A)), ("embed", embed, (n, E))):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:
+            raise ValueError(f"{name}: expected a float32 tensor {list(shape)}, got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        _check_same_device("h", h, name, t)
+    if not isinstance(is_first, torch.Tensor) or is_first.dtype != torch.bool or tuple(is_first.shape) != (n,):
+        raise ValueError(f"is_first: expected a bool tensor [{n}], got "
+                         f"{getattr(is_first, 'dtype', type(is_first).__name__)} {tuple(getattr(is_first, 'shape', ()))}")
+    weights = [None if w is None else w.detach().contiguous() for w in weights]
+    args = (h.detach().contiguous(), z.contiguous(), prev_action.detach().contiguous(), is_first.contiguous(),
+            embed.detach().contiguous())
+    if _backend == "reference":
+        return reference.act(*args, weights, dims, floats, seed, bool(sample))
+    return _kernel_module._act_impl(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))

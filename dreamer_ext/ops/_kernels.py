@@ -231,3 +231,14 @@ lib.impl("rollout", _rollout_impl, "CPU")
 @torch.library.register_fake("dreamer_ext::rollout")
 def _(h0, z0, weights, dims, floats, seed):
     return _rollout_outputs(h0, dims)
+
+
+def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C):
+    n, D, S, A = dims[0], dims[2], dims[5], dims[7]
+    h_out, z_out, a_out = h.new_empty(n, D), h.new_empty(n, S, dtype=torch.int32), h.new_empty(n, A)
+    ptrs = [0 if w is None else w.data_ptr() for w in weights]
+    first = is_first.to(torch.uint8)
+    mod.act(list(dims), list(floats), int(seed), ptrs, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(),
+            first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), bool(sample),
+            False, torch.get_num_threads(), 0, -1)
+    return h_out, z_out, a_out

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "philox4x32_10", "philox_uniform",
-           "sample_index", "rollout"]
+           "sample_index", "rollout", "act"]
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -147,68 +147,132 @@ def sample_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ rollout
+class _Twin:
+    """The rollout's and the acting step's networks in PyTorch, from the op's flat weight list (see
+    :func:`dreamer_ext.ops.rollout_weight_shapes`); with bf16 the matmul inputs are rounded to bf16 and the weights
+    unpacked to exactly their bf16 values, and everything is summed in float32, as in the kernels."""
+
+    def __init__(self, weights: list, d: dict, latent_layers: int):
+        self.d, self.bf16 = d, bool(d["bf16"])
+        it = iter(weights)
+
+        def take(k):
+            layer = [next(it) for _ in range(k)]
+            if self.bf16:
+                w = layer[0]
+                layer[0] = w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
+            return layer
+
+        self.actor, self.actor_out = [take(4) for _ in range(d["actor_layers"])], take(2)
+        self.in_h, self.in_z, self.in_a = take(4), take(4), take(4)
+        self.dyn, self.gru = [take(4) for _ in range(d["dyn_layers"])], take(2)
+        self.latent, self.latent_out = [take(4) for _ in range(latent_layers)], take(2)
+
+    def rnd(self, x):  # a matmul input as the kernels read it
+        return x.to(torch.bfloat16).float() if self.bf16 else x
+
+    def normed(self, y, nw, nb):
+        if self.d["norm"] == 0:
+            return F.rms_norm(y, (y.shape[-1],), nw, 1e-4)
+        return F.layer_norm(y, (y.shape[-1],), nw, nb, 1e-3)
+
+    def dense(self, x, layer):  # [W (K-major), b] or [W, b, norm weight, norm bias]: Linear (+ norm + SiLU)
+        y = self.rnd(x) @ layer[0][:x.shape[-1]] + layer[1]
+        return F.silu(self.normed(y, layer[2], layer[3])) if len(layer) == 4 else y
+
+    def mlp(self, x, hidden, out):
+        for layer in hidden:
+            x = self.dense(x, layer)
+        return self.dense(x, out)
+
+    def block(self, x, layer):  # x [N, in] -> [N, out] with W [g, in/g, out/g]
+        g = self.d["blocks"]
+        y = torch.einsum("ngi,gio->ngo", self.rnd(x).reshape(x.shape[0], g, -1), layer[0][:, :x.shape[-1] // g])
+        return y.reshape(x.shape[0], -1) + layer[1]
+
+    def onehot(self, z):  # class indices (-1: an all-zero group) -> [N, S*C]
+        C = self.d["classes"]
+        return (F.one_hot(z.long().clamp(min=0), C).float() * (z >= 0).unsqueeze(-1)).reshape(z.shape[0], -1)
+
+    def action(self, h, z, u, sample=True):
+        """The actor's action on [h, onehot z] with uniforms ``u [N, 1 or A]`` (or its mode); returns the action and
+        the core's input for it."""
+        d, A = self.d, self.d["act_dim"]
+        logits = self.mlp(torch.cat([h, self.onehot(z)], -1), self.actor, self.actor_out)
+        if d["discrete"]:
+            mix = self.mix_actor
+            probs = torch.softmax(logits, -1) * (1.0 - mix) + mix / A
+            idx = sample_index(probs, u[:, 0]) if sample else probs.argmax(-1)
+            a = F.one_hot(idx, A).float()
+            return a, a
+        mean = torch.tanh(logits[:, :A])
+        if not sample:
+            a = mean
+        else:
+            std = (self.max_std - self.min_std) * torch.sigmoid(logits[:, A:] + 2.0) + self.min_std
+            a = mean + std * (2.0 ** 0.5) * torch.erfinv(2.0 * u.clamp(1e-6, 1 - 1e-6) - 1.0)
+        return a, a / a.abs().clamp(min=1.0)
+
+    def core(self, h, z, a_in):
+        n, g, D, Hd = h.shape[0], self.d["blocks"], self.d["deter"], self.d["hidden"]
+        x3 = torch.cat([self.dense(h, self.in_h), self.dense(self.onehot(z), self.in_z), self.dense(a_in, self.in_a)], -1)
+        x = torch.cat([h.reshape(n, g, D // g), x3[:, None].expand(n, g, 3 * Hd)], -1).reshape(n, -1)
+        for layer in self.dyn:
+            x = F.silu(self.normed(self.block(x, layer), layer[2], layer[3]))
+        r, c, u = self.block(x, self.gru).reshape(n, g, 3, D // g).unbind(2)
+        upd = torch.sigmoid(u - 1.0)
+        return (upd * torch.tanh(torch.sigmoid(r) * c) + (1.0 - upd) * h.reshape(n, g, D // g)).reshape(n, D)
+
+    def sample_latent(self, x, u):
+        n, S, C = x.shape[0], self.d["stoch"], self.d["classes"]
+        probs = torch.softmax(self.mlp(x, self.latent, self.latent_out).reshape(n, S, C), -1)
+        probs = probs * (1.0 - self.mix_rssm) + self.mix_rssm / C
+        return sample_index(probs, u).to(torch.int32)
+
+    def set_floats(self, floats):
+        self.mix_rssm, self.mix_actor, self.min_std, self.max_std = (float(v) for v in floats)
+
+
+_ROLLOUT_NAMES = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
+                  "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16", "embed_dim", "post_layers")
+
+
 def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused imagination rollout, step by step in PyTorch (see :func:`dreamer_ext.ops.rollout` for the
     arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
     and the draws from :func:`sample_index`, so the kernels sample the same classes wherever the probabilities
     agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``)."""
-    n, H, D, g, Hd, S, C, A, discrete, norm, La, _units, Ld, Lp, bf16 = (int(v) for v in dims)
-    rssm_mix, actor_mix, min_std, max_std = (float(v) for v in floats)
-    it = iter(weights)
-
-    def take(k):  # one layer: with bf16 its weight back to float32 [in, out] (exactly the bf16 values)
-        layer = [next(it) for _ in range(k)]
-        if bf16:
-            w = layer[0]
-            layer[0] = w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
-        return layer
-
-    def rnd(x):  # a matmul input as the kernels read it
-        return x.to(torch.bfloat16).float() if bf16 else x
-
-    actor, actor_out = [take(4) for _ in range(La)], take(2)
-    in_h, in_z, in_a = take(4), take(4), take(4)
-    dyn, gru = [take(4) for _ in range(Ld)], take(2)
-    prior, prior_out = [take(4) for _ in range(Lp)], take(2)
-
-    def normed(y, nw, nb):
-        return F.rms_norm(y, (y.shape[-1],), nw, 1e-4) if norm == 0 else F.layer_norm(y, (y.shape[-1],), nw, nb, 1e-3)
-
-    def dense(x, layer):  # [W (K-major), b] or [W, b, norm weight, norm bias]: Linear (+ norm + SiLU)
-        y = rnd(x) @ layer[0][:x.shape[-1]] + layer[1]
-        return F.silu(normed(y, layer[2], layer[3])) if len(layer) == 4 else y
-
-    def mlp(x, hidden, out):
-        for layer in hidden:
-            x = dense(x, layer)
-        return dense(x, out)
-
-    def block(x, layer):  # x [N, in] -> [N, out] with W [g, in/g, out/g]
-        y = torch.einsum("ngi,gio->ngo", rnd(x).reshape(x.shape[0], g, -1), layer[0][:, :x.shape[-1] // g])
-        return y.reshape(x.shape[0], -1) + layer[1]
-
-    h, z = h0.float(), z0.long()
-    hs, zs, acts = [h], [z.to(torch.int32)], []
-    for t in range(H):
-        onehot = F.one_hot(z, C).float().reshape(n, S * C)
-        logits = mlp(torch.cat([h, onehot], -1), actor, actor_out)
-        ua = philox_uniform(seed, 1, n, 1 if discrete else A, 1, t)[0].to(h.device)
-        if discrete:
-            probs = torch.softmax(logits, -1) * (1.0 - actor_mix) + actor_mix / A
-            a = a_in = F.one_hot(sample_index(probs, ua[:, 0]), A).float()
-        else:
-            mean, std = torch.tanh(logits[:, :A]), (max_std - min_std) * torch.sigmoid(logits[:, A:] + 2.0) + min_std
-            a = mean + std * (2.0 ** 0.5) * torch.erfinv(2.0 * ua.clamp(1e-6, 1 - 1e-6) - 1.0)
-            a_in = a / a.abs().clamp(min=1.0)
-        x3 = torch.cat([dense(h, in_h), dense(onehot, in_z), dense(a_in, in_a)], -1)
-        x = torch.cat([h.reshape(n, g, D // g), x3[:, None].expand(n, g, 3 * Hd)], -1).reshape(n, -1)
-        for layer in dyn:
-            x = F.silu(normed(block(x, layer), layer[2], layer[3]))
-        r, c, u = block(x, gru).reshape(n, g, 3, D // g).unbind(2)
-        upd = torch.sigmoid(u - 1.0)
-        h = (upd * torch.tanh(torch.sigmoid(r) * c) + (1.0 - upd) * h.reshape(n, g, D // g)).reshape(n, D)
-        probs = torch.softmax(mlp(h, prior, prior_out).reshape(n, S, C), -1) * (1.0 - rssm_mix) + rssm_mix / C
-        z = sample_index(probs, philox_uniform(seed, 1, n, S, 0, t)[0].to(h.device))
-        hs.append(h), zs.append(z.to(torch.int32)), acts.append(a)
+    d = dict(zip(_ROLLOUT_NAMES, (int(v) for v in dims)))
+    net = _Twin(weights, d, d["prior_layers"])
+    net.set_floats(floats)
+    n, S, A = d["n"], d["stoch"], d["act_dim"]
+    h, z = h0.float(), z0.to(torch.int32)
+    hs, zs, acts = [h], [z], []
+    for t in range(d["horizon"]):
+        ua = philox_uniform(seed, 1, n, 1 if d["discrete"] else A, 1, t)[0].to(h.device)
+        a, a_in = net.action(h, z, ua)
+        h = net.core(h, z, a_in)
+        z = net.sample_latent(h, philox_uniform(seed, 1, n, S, 0, t)[0].to(h.device))
+        hs.append(h), zs.append(z), acts.append(a)
     return torch.stack(hs), torch.stack(zs), torch.stack(acts)
+
+
+def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor, embed: torch.Tensor,
+        weights: list, dims: list, floats: list, seed: int, sample: bool = True
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused acting step in PyTorch (see :func:`dreamer_ext.ops.act`)."""
+    d = dict(zip(_ROLLOUT_NAMES, (int(v) for v in dims)))
+    net = _Twin(weights, d, d["post_layers"])
+    net.set_floats(floats)
+    n, S, A = d["n"], d["stoch"], d["act_dim"]
+    keep = ~is_first.bool()
+    h = h.float() * keep[:, None]
+    z = torch.where(keep[:, None], z.to(torch.int32), torch.full_like(z, -1, dtype=torch.int32))
+    prev = prev_action.float() * keep[:, None]
+    a_in = prev if d["discrete"] else prev / prev.abs().clamp(min=1.0)
+    h = net.core(h, z, a_in)
+    z = net.sample_latent(torch.cat([h, embed.float()], -1), philox_uniform(seed, 1, n, S, 0, 0)[0].to(h.device))
+    ua = philox_uniform(seed, 1, n, 1 if d["discrete"] else A, 1, 0)[0].to(h.device)
+    a, _ = net.action(h, z, ua, sample)
+    return h, z, a
