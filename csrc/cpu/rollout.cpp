@@ -5,15 +5,19 @@
 // L2/L3. Threads own disjoint row blocks (parallel_for). Every matmul is one register-blocked microkernel over
 // K-major weights (6 rows x 64 columns of accumulators: 24 of the 32 AVX-512 registers), with the one-hot inputs
 // (latents, discrete actions) added as gathered weight rows instead of multiplied. The whole block body is
-// compiled once per x86-64 level (DX_MULTIVERSION) through GCC vector extensions.
+// compiled once per x86-64 level (DX_MULTIVERSION) through GCC vector extensions: the matmul, the norms, the GRU
+// update, the gathers and the bf16 rounding are multiversioned functions; the step logic around them is not, so
+// each clone holds only the hot loops (inlining the whole step into every clone made the file take >10 min to build).
 //
 // bf16 compute: each matmul input row is rounded to bf16 and packed in k-pairs, the weights come pre-packed as
 // bf16 k-pairs, and the AVX512-BF16 microkernel (vdpbf16ps: two exact bf16 products added into each float32
 // accumulator) runs the same 6 x 64 tiles, reading half the weight bytes of float32. On CPUs without
 // AVX512-BF16 a portable loop computes the same products (slowly). Norms, gates, softmax and sampling stay float32.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -69,7 +73,7 @@ DX_INLINE void tile_rows(int rows, const float* X, int64_t ldx, const float* W, 
 
 // Y[:R, :O] += X[:R, :K] @ W[:K, :O] (float32): column panels of 64, then 16, then a scalar tail; each panel of W
 // is reused by all row tiles while it sits in L2.
-DX_INLINE void gemm_f32(int R, const float* X, int64_t ldx, const float* W, int64_t ldw, int K, int O, float* Y,
+DX_MULTIVERSION void gemm_f32(int R, const float* X, int64_t ldx, const float* W, int64_t ldw, int K, int O, float* Y,
                         int64_t ldy) {
   int o = 0;
   for (; o + 16 * kNV <= O; o += 16 * kNV)
@@ -187,8 +191,7 @@ struct In {
 };
 
 // `In` over X[:R, :K]; with bf16 its k-pairs are written to `buf` (R * ceil(K/2) words).
-DX_INLINE In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t* buf) {
-  if (!bf16) return In{X, ldx, nullptr, 0};
+DX_MULTIVERSION void to_pairs(int R, const float* X, int64_t ldx, int K, uint32_t* buf) {
   const int KP = (K + 1) / 2, KE = K / 2;
   for (int r = 0; r < R; ++r) {
     const float* x = X + r * ldx;
@@ -196,18 +199,23 @@ DX_INLINE In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t
     for (int kp = 0; kp < KE; ++kp) o[kp] = uint32_t(f32_to_bf16(x[2 * kp])) | (uint32_t(f32_to_bf16(x[2 * kp + 1])) << 16);
     if (KP > KE) o[KE] = f32_to_bf16(x[K - 1]);
   }
-  return In{X, ldx, buf, KP};
+}
+
+inline In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t* buf) {
+  if (!bf16) return In{X, ldx, nullptr, 0};
+  to_pairs(R, X, ldx, K, buf);
+  return In{X, ldx, buf, (K + 1) / 2};
 }
 
 // Y[:R, :O] += In[:R, kx:kx+K] @ W[k0:k0+K, :O] (kx and k0 even for bf16).
-DX_INLINE void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy) {
+inline void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy) {
   if (W.f) return gemm_f32(R, X.f + kx, X.ldf, W.f + int64_t(k0) * W.ld, W.ld, K, O, Y, ldy);
   gemm_bf16(R, X.p + kx / 2, X.ldp, W.b + int64_t(k0 / 2) * W.ld * 2, W.ld, (K + 1) / 2, O, Y, ldy);
 }
 
 DX_INLINE Mat mat(const DenseW& L) { return Mat{L.w, L.wb, L.out}; }
 
-DX_INLINE void set_bias(int R, const float* b, int O, float* Y, int64_t ldy) {
+inline void set_bias(int R, const float* b, int O, float* Y, int64_t ldy) {
   for (int r = 0; r < R; ++r) std::memcpy(Y + r * ldy, b, sizeof(float) * O);
 }
 
@@ -229,19 +237,19 @@ DX_INLINE void norm_silu_row(float* y, int O, const float* nw, const float* nb, 
     for (int j = 0; j < O; ++j) y[j] = silu_((y[j] - mean) * inv * nw[j]);
 }
 
-DX_INLINE void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, const float* nb, int kind) {
+DX_MULTIVERSION void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, const float* nb, int kind) {
   for (int r = 0; r < R; ++r) norm_silu_row(Y + r * ldy, O, nw, nb, kind);
 }
 
 // Y = silu(norm(b + X @ W)) for a dense layer on R rows.
-DX_INLINE void dense(const DenseW& L, int R, const In& X, float* Y, int64_t ldy, int kind) {
+inline void dense(const DenseW& L, int R, const In& X, float* Y, int64_t ldy, int kind) {
   set_bias(R, L.b, L.out, Y, ldy);
   gemm_acc(R, X, 0, mat(L), 0, L.in, L.out, Y, ldy);
   if (L.nw) norm_silu(R, Y, ldy, L.out, L.nw, L.nb, kind);
 }
 
 // Y[r] += sum over groups s of W[k0 + s * C + idx[r, s]] (a one-hot input [S, C] times rows k0.. of W).
-DX_INLINE void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, const Mat& W, int64_t k0, int O,
+DX_MULTIVERSION void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, const Mat& W, int64_t k0, int O,
                           float* Y, int64_t ldy) {
   for (int r = 0; r < R; ++r) {
     float* y = Y + r * ldy;
@@ -260,7 +268,7 @@ DX_INLINE void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, 
 }
 
 // Probabilities (1 - mix) softmax(l) + mix / K of one row of logits, in place.
-DX_INLINE void unimix_probs(float* l, int K, float mix) {
+inline void unimix_probs(float* l, int K, float mix) {
   float m = l[0];
   for (int k = 1; k < K; ++k) m = std::max(m, l[k]);
   float sum = 0.0f;
@@ -277,6 +285,8 @@ struct Scratch {
   std::vector<float> a, xa, xb, x3, dyn_a, dyn_b, gates, logits;
   std::vector<int32_t> aidx;
   std::vector<uint32_t> hp, x3p, xp;  // bf16 k-pairs of matmul inputs: h, x3, the others
+  std::vector<float> carry_h, carry_a;  // acting: the carry after the is_first reset
+  std::vector<int32_t> carry_z;
   explicit Scratch(const RolloutParams& p, int embed_dim = 0) {
     const int R = kRowBlock;
     int width = std::max(p.hidden, 1);
@@ -296,12 +306,47 @@ struct Scratch {
       x3p.resize(size_t(R) * (3 * p.hidden / 2 + 1));
       xp.resize(size_t(R) * (std::max({p.deter, width, p.act_dim, embed_dim}) / 2 + 1));
     }
+    if (embed_dim) {
+      carry_h.resize(size_t(R) * p.deter);
+      carry_a.resize(size_t(R) * p.act_dim);
+      carry_z.resize(size_t(R) * p.stoch);
+    }
   }
 };
 
+// h' = GRU update of h from the gate pre-activations [R, 3 D] (per block: r, c, u of D/g each).
+DX_MULTIVERSION void gru_rows(int R, const float* gates, const float* h, float* hn, int D, int g) {
+  const int db = D / g;
+  for (int r = 0; r < R; ++r) {
+    const float* gr = gates + int64_t(r) * 3 * D;
+    const float* hr = h + int64_t(r) * D;
+    float* hnr = hn + int64_t(r) * D;
+    for (int i = 0; i < g; ++i) {
+      const float* gi = gr + int64_t(i) * 3 * db;
+      for (int j = 0; j < db; ++j) hnr[i * db + j] = gru_update(gi[j], gi[db + j], gi[2 * db + j], hr[i * db + j]);
+    }
+  }
+}
+
+// The calling thread's scratch, kept between calls (acting calls it every environment step) and remade when the
+// model's sizes change.
+Scratch& scratch_for(const RolloutParams& p, int embed_dim) {
+  int width = p.hidden;
+  for (int l = 0; l < p.actor_layers; ++l) width = std::max(width, p.actor[l].out);
+  const std::array<int, 9> sig{p.deter, p.hidden, p.stoch, p.classes, p.act_dim, p.actor_out.out, width, embed_dim,
+                               int(p.bf16)};
+  thread_local std::unique_ptr<Scratch> sc;
+  thread_local std::array<int, 9> have{};
+  if (!sc || sig != have) {
+    sc = std::make_unique<Scratch>(p, embed_dim);
+    have = sig;
+  }
+  return *sc;
+}
+
 // The core's block-linear layer on R rows: block i reads its own columns of `xin` (or, for the first layer,
 // [h block i, x3]) and writes its own `out / g` columns of Y (bias included).
-DX_INLINE void block_linear(const BlockW& L, int g, int R, const In& h, int hd, const In& x3, int h3, const In* xin,
+void block_linear(const BlockW& L, int g, int R, const In& h, int hd, const In& x3, int h3, const In* xin,
                             float* Y) {
   const int ob = L.out / g, ib = L.in / g;
   set_bias(R, L.b, L.out, Y, L.out);
@@ -323,7 +368,7 @@ DX_INLINE void block_linear(const BlockW& L, int g, int R, const In& h, int hd, 
 // ---- the pieces of a step, on one row block of R rows (rows b0 .. b0 + R - 1 of the call) ----
 
 // Actor logits [R, AO] into sc.logits from feat = [h, onehot z] (z index < 0: an all-zero group).
-DX_INLINE float* actor_logits(const RolloutParams& p, Scratch& sc, int R, const In& hin, const int32_t* z) {
+float* actor_logits(const RolloutParams& p, Scratch& sc, int R, const In& hin, const int32_t* z) {
   const int D = p.deter, S = p.stoch, C = p.classes;
   uint32_t* xp = sc.xp.data();
   float* x = sc.xa.data();
@@ -352,7 +397,7 @@ DX_INLINE float* actor_logits(const RolloutParams& p, Scratch& sc, int R, const 
 // Actions [R, A] from actor logits: sampled with the uniforms of (row, step) or, with sample = false, the mode
 // (discrete: the most probable class, the first on ties; continuous: tanh of the mean). Discrete indices go to
 // sc.aidx for the core's gather.
-DX_INLINE void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, float* logits,
+void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, float* logits,
                             float* act, bool sample) {
   const int A = p.act_dim, AO = p.actor_out.out;
   for (int r = 0; r < R; ++r) {
@@ -385,7 +430,7 @@ DX_INLINE void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t 
 
 // The block-GRU core: hn [R, D] from h (also as `hin`), z indices, and the action taken (discrete: sc.aidx, an
 // index < 0 being no action; continuous: act [R, A]).
-DX_INLINE void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const float* h, const int32_t* z,
+void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const float* h, const int32_t* z,
                          const float* act, float* hn) {
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
   uint32_t* xp = sc.xp.data();
@@ -408,11 +453,10 @@ DX_INLINE void core_step(const RolloutParams& p, Scratch& sc, int R, const In& h
       }
     gemm_acc(R, prep(R, an, A, A, p.bf16, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
   }
-  for (int r = 0; r < R; ++r)
-    for (int part = 0; part < 3; ++part) {
-      const DenseW& L = part == 0 ? p.in_h : part == 1 ? p.in_z : p.in_a;
-      norm_silu_row(x3 + int64_t(r) * H3 + part * Hd, Hd, L.nw, L.nb, p.norm);
-    }
+  for (int part = 0; part < 3; ++part) {
+    const DenseW& L = part == 0 ? p.in_h : part == 1 ? p.in_z : p.in_a;
+    norm_silu(R, x3 + part * Hd, H3, Hd, L.nw, L.nb, p.norm);
+  }
   const In x3in = prep(R, x3, H3, H3, p.bf16, sc.x3p.data());
   In xin{};
   bool have_xin = false;
@@ -426,20 +470,11 @@ DX_INLINE void core_step(const RolloutParams& p, Scratch& sc, int R, const In& h
   }
   float* gates = sc.gates.data();
   block_linear(p.gru, g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, gates);
-  const int db = D / g;
-  for (int r = 0; r < R; ++r) {
-    const float* gr = gates + int64_t(r) * 3 * D;
-    const float* hr = h + int64_t(r) * D;
-    float* hnr = hn + int64_t(r) * D;
-    for (int i = 0; i < g; ++i) {
-      const float* gi = gr + int64_t(i) * 3 * db;  // per block: r, c, u
-      for (int j = 0; j < db; ++j) hnr[i * db + j] = gru_update(gi[j], gi[db + j], gi[2 * db + j], hr[i * db + j]);
-    }
-  }
+  gru_rows(R, gates, h, hn, D, g);
 }
 
 // Latent sample zn [R, S] from an MLP (the prior on h', or the posterior on [h', embed]) and its output layer.
-DX_INLINE void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, const DenseW* layers,
+void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, const DenseW* layers,
                            int nlayers, const DenseW& out, const float* hn, const float* embed, int E, int32_t* zn) {
   const int D = p.deter, S = p.stoch, C = p.classes, SC = S * C;
   uint32_t* xp = sc.xp.data();
@@ -474,8 +509,8 @@ DX_INLINE void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b
   }
 }
 
-DX_MULTIVERSION void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
-  Scratch sc(p);
+void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
+  Scratch& sc = scratch_for(p, 0);
   const int D = p.deter, S = p.stoch, A = p.act_dim;
   const int64_t N = p.n;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
@@ -498,11 +533,12 @@ DX_MULTIVERSION void rollout_rows(const RolloutParams& p, int64_t row0, int64_t 
 
 // One acting step per row: reset the carry where is_first, core on (h, z, previous action), posterior latent on
 // [h', embed], then the actor's action on [h', z'].
-DX_MULTIVERSION void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t row_end) {
-  Scratch sc(p, q.embed_dim);
+void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t row_end) {
+  Scratch& sc = scratch_for(p, q.embed_dim);
   const int D = p.deter, S = p.stoch, A = p.act_dim;
-  std::vector<float> h(size_t(kRowBlock) * D), prev(size_t(kRowBlock) * A);
-  std::vector<int32_t> z(size_t(kRowBlock) * S);
+  std::vector<float>& h = sc.carry_h;
+  std::vector<float>& prev = sc.carry_a;
+  std::vector<int32_t>& z = sc.carry_z;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
     const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
     for (int r = 0; r < R; ++r) {

@@ -359,6 +359,11 @@ def _rollout_shapes(d: dict, latent: str, latent_layers: int, embed_dim: int) ->
     return out
 
 
+# weight lists already checked (keyed by the tensors' ids, the model dims and the device), so the acting step does
+# not re-check ~40 tensors every call; an entry goes when its first tensor is freed (ids can then be reused).
+_checked_weights: dict = {}
+
+
 def _check_model_dims(dims, names) -> dict:
     if len(dims) != len(names) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims):
         raise ValueError(f"dims: expected {len(names)} ints {names}, got {dims!r}")
@@ -392,9 +397,13 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_m
     if not isinstance(z0, torch.Tensor) or z0.dtype != torch.int32 or tuple(z0.shape) != (n, S):
         raise ValueError(f"z0: expected int32 class indices [{n}, {S}], got "
                          f"{getattr(z0, 'dtype', type(z0).__name__)} {tuple(getattr(z0, 'shape', ()))}")
-    if z0.numel() and (int(z0.min()) < z_min or int(z0.max()) >= C):
+    lo_hi = torch.aminmax(z0) if z0.numel() else None
+    if lo_hi is not None and (int(lo_hi.min) < z_min or int(lo_hi.max) >= C):
         raise ValueError(f"z0: class indices must lie in [{z_min}, {C})")
     _check_same_device("h0", h0, "z0", z0)
+    key = (tuple(map(id, weights)), tuple(v for k, v in d.items() if k not in ("n", "horizon")), h0.device)
+    if key in _checked_weights:  # the same tensors checked before (e.g. one packing, used every acting step)
+        return
     if len(weights) != len(shapes):
         raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
     for (name, shape), w in zip(shapes, weights):
@@ -407,6 +416,10 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_m
             raise ValueError(f"weights[{name}]: expected {str(want)[6:]} {shape}, got "
                              f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
         _check_same_device("h0", h0, f"weights[{name}]", w)
+    if all(w is None or (w.is_contiguous() and not w.requires_grad) for w in weights):
+        if len(_checked_weights) >= 8:
+            _checked_weights.pop(next(iter(_checked_weights)))
+        _checked_weights[key] = weakref.finalize(weights[0], _checked_weights.pop, key, None) if weights else None
     if h0.is_cuda:
         raise ValueError("h0: the rollout and acting kernels run on CPU tensors only so far (no CUDA kernels yet)")
 
@@ -427,13 +440,21 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
     """
     _check_rollout(h0, z0, weights, list(dims), list(floats), seed)
-    weights = [None if w is None else w.detach().contiguous() for w in weights]
+    weights = _ready(weights)
     h0, z0 = h0.detach().contiguous(), z0.contiguous()
     if _backend == "reference":
         return reference.rollout(h0, z0, weights, dims, floats, seed)
     if torch.compiler.is_compiling():
         return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
     return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
+
+
+def _ready(weights: list) -> list:
+    """The weights as the kernels read them: detached and contiguous (a checked list already is)."""
+    ids = tuple(map(id, weights))
+    if any(k[0] == ids for k in _checked_weights):
+        return weights
+    return [None if w is None else w.detach().contiguous() for w in weights]
 
 
 def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor, embed: torch.Tensor,
@@ -450,6 +471,7 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     if d["horizon"] != 1:
         raise ValueError(f"dims: the acting step takes horizon 1, got {d['horizon']}")
     _check_state_and_weights(d, h, z, weights, act_weight_shapes(dims), list(floats), seed, -1)
+    weights = _ready(weights)
     n, A, E = d["n"], d["act_dim"], d["embed_dim"]
     for name, t, shape in (("prev_action", prev_action, (n, A)), ("embed", embed, (n, E))):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:
@@ -459,7 +481,6 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     if not isinstance(is_first, torch.Tensor) or is_first.dtype != torch.bool or tuple(is_first.shape) != (n,):
         raise ValueError(f"is_first: expected a bool tensor [{n}], got "
                          f"{getattr(is_first, 'dtype', type(is_first).__name__)} {tuple(getattr(is_first, 'shape', ()))}")
-    weights = [None if w is None else w.detach().contiguous() for w in weights]
     args = (h.detach().contiguous(), z.contiguous(), prev_action.detach().contiguous(), is_first.contiguous(),
             embed.detach().contiguous())
     if _backend == "reference":
