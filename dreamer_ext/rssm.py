@@ -7,12 +7,11 @@ is given to every block together with that block's slice of h (``[B, g, deter/g 
 [BlockLinear -> norm over all of h -> SiLU]; BlockLinear to 3·deter, split per block into r, c, u:
 ``r = σ(r)``, ``c = tanh(r·c)``, ``u = σ(u − 1)``, ``h' = u·c + (1 − u)·h``.
 
-:meth:`RSSM.imagine` is the seam for a fused rollout kernel: :meth:`RSSM.core_weights` returns the parameters it
-needs as plain tensors in a fixed, documented order, and the sampling randomness can be passed in as uniforms.
+:meth:`RSSM.imagine` is the PyTorch imagination loop; the fused kernel (:mod:`dreamer_ext.fused_rollout`) computes the
+same steps and, given the same uniforms (``uniforms=``), samples the same classes up to rounding at a boundary.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -98,36 +97,6 @@ class RSSM(nn.Module):
         """``concat(h, flatten(z))``: ``[..., deter + S·C]``."""
         z = state["z"]
         return torch.cat([state["h"], z.reshape(*z.shape[:-2], self.stoch_dim)], -1)
-
-    def core_weights(self) -> "OrderedDict[str, torch.Tensor]":
-        """Parameters of core + prior as plain tensors, in this fixed order (the fused-kernel contract):
-
-        in_h.{W [hidden, deter], b, norm.w}, in_z.{W [hidden, S·C], b, norm.w}, in_a.{W [hidden, A], b, norm.w},
-        for each dyn layer i: dyn.i.{W [g, in/g, deter/g], b [deter], norm.w [deter]},
-        gru.{W [g, in/g, 3·deter/g], b [3·deter]}, for each prior layer j: prior.j.{W, b, norm.w}, prior_out.{W [S·C, hidden], b}.
-        Linear weights are in torch layout ``[out, in]``; BlockLinear weights are ``[g, in/g, out/g]``. With the V1
-        LayerNorm each norm additionally contributes ``norm.b`` right after ``norm.w``.
-        """
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-        def dense(name: str, layer: DenseLayer) -> None:
-            out[f"{name}.W"], out[f"{name}.b"] = layer.linear.weight, layer.linear.bias
-            out[f"{name}.norm.w"] = layer.norm.weight
-            if layer.norm.kind == "layer":
-                out[f"{name}.norm.b"] = layer.norm.bias
-
-        dense("in_h", self.in_h)
-        dense("in_z", self.in_z)
-        dense("in_a", self.in_a)
-        for i, d in enumerate(self.dyn):
-            out[f"dyn.{i}.W"], out[f"dyn.{i}.b"], out[f"dyn.{i}.norm.w"] = d["lin"].weight, d["lin"].bias, d["norm"].weight
-            if d["norm"].kind == "layer":
-                out[f"dyn.{i}.norm.b"] = d["norm"].bias
-        out["gru.W"], out["gru.b"] = self.gru.weight, self.gru.bias
-        for j, layer in enumerate(self.prior_mlp):
-            dense(f"prior.{j}", layer)
-        out["prior_out.W"], out["prior_out.b"] = self.prior_out.weight, self.prior_out.bias
-        return out
 
     # ------------------------------------------------------------------ single steps
     def core(self, h: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

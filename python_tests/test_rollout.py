@@ -288,3 +288,20 @@ def test_agent_policy_is_the_same_on_both_backends_for_the_same_torch_seed():
     assert (c["z"].argmax(-1) == cr["z"].argmax(-1)).float().mean() >= 0.999
     assert (a == ar).all(-1).float().mean() >= 0.97    # a flipped latent changes that row's actor input
     torch.testing.assert_close(c["h"], cr["h"], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("latent", ["prior", "post"])
+def test_packed_weights_cover_exactly_the_actor_the_core_and_one_latent_head(latent):
+    agent, _ = model(norm="layer")
+    r, a = agent.wm.rssm, agent.behavior.actor
+    W = RolloutWeights(r, a, latent)
+    ids = {id(t) for t in W._layout() if t is not None}
+    ids |= {id(t._base) for t in W._layout() if t is not None and t._base is not None}  # transposed views
+    head = [r.prior_mlp, r.prior_out] if latent == "prior" else [r.post_mlp, r.post_out]
+    want = [r.in_h, r.in_z, r.in_a, r.dyn, r.gru, a, *head]
+    params = [p for m in want for p in m.parameters()]
+    assert all(id(p) in ids for p in params)
+    other = [r.post_mlp, r.post_out] if latent == "prior" else [r.prior_mlp, r.prior_out]
+    assert not any(id(p) in ids for m in other for p in m.parameters())
+    assert len(W._layout()) == len((ops.act_weight_shapes if latent == "post" else ops.rollout_weight_shapes)(
+        W.dims(1, 1)))

@@ -122,20 +122,6 @@ def test_imagine_shapes_and_injected_uniforms():
         r.imagine(policy, start, 0)
 
 
-def test_core_weights_cover_core_and_prior():
-    r = make()
-    w = r.core_weights()
-    names = list(w)
-    assert names[0] == "in_h.W" and names[-1] == "prior_out.b"
-    assert names.index("gru.W") > names.index("dyn.0.W") > names.index("in_a.W")
-    ids = {id(t) for t in w.values()}
-    core_params = list(r.in_h.parameters()) + list(r.in_z.parameters()) + list(r.in_a.parameters()) + \
-        list(r.dyn.parameters()) + list(r.gru.parameters()) + list(r.prior_mlp.parameters()) + \
-        list(r.prior_out.parameters())
-    assert ids == {id(p) for p in core_params}
-    assert all(id(p) not in ids for p in r.post_mlp.parameters())
-
-
 def test_kl_terms_and_stop_gradients():
     r = make()
     q = torch.randn(3, 4, 5, requires_grad=True)
