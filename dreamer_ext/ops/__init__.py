@@ -32,7 +32,8 @@ from . import reference
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "rollout_weight_shapes",
            "ROLLOUT_DIMS", "act", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend", "use_backend", "backend_report", "OP_NAMES"]
 
-OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return")
+OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "act")
+_CPU_ONLY = ("rollout", "act")  # no CUDA kernels yet: CUDA tensors take the PyTorch loops
 _BACKENDS = ("kernels", "reference")
 _NATIVE = (torch.float32, torch.float64)
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -90,7 +91,8 @@ def backend_report() -> dict:
         return {op: "reference (pure PyTorch)" for op in OP_NAMES}
     from .. import _C
     cuda = "CUDA kernel" if _C.has_cuda() else "unavailable (built without CUDA)"
-    return {op: f"CPU: C++ kernel; CUDA: {cuda}" for op in OP_NAMES}
+    return {op: f"CPU: C++ kernel; CUDA: {'PyTorch loop (no CUDA kernel yet)' if op in _CPU_ONLY else cuda}"
+            for op in OP_NAMES}
 
 
 # ---- validation ------------------------------------------------------------------------------------
