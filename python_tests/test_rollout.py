@@ -305,3 +305,10 @@ def test_packed_weights_cover_exactly_the_actor_the_core_and_one_latent_head(lat
     assert not any(id(p) in ids for m in other for p in m.parameters())
     assert len(W._layout()) == len((ops.act_weight_shapes if latent == "post" else ops.rollout_weight_shapes)(
         W.dims(1, 1)))
+
+
+def test_registered_acting_op_passes_opcheck():
+    agent, _ = model()
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    args = (*act_inputs(agent, 3), W.get(), W.dims(3, 1), W.floats(), 4, True)
+    torch.library.opcheck(torch.ops.dreamer_ext.act.default, args, test_utils=("test_schema", "test_faketensor"))

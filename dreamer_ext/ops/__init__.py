@@ -387,7 +387,9 @@ def _check_model_dims(dims, names) -> dict:
     return d
 
 
-def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_min: int) -> None:
+def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, z_min: int) -> None:
+    """The state tensors every call; the weights (``shapes_of()`` gives their expected shapes) only for a list of
+    tensors not checked before."""
     if len(floats) != 4:
         raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
@@ -406,6 +408,7 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_m
     key = (tuple(map(id, weights)), tuple(v for k, v in d.items() if k not in ("n", "horizon")), h0.device)
     if key in _checked_weights:  # the same tensors checked before (e.g. one packing, used every acting step)
         return
+    shapes = shapes_of()
     if len(weights) != len(shapes):
         raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
     for (name, shape), w in zip(shapes, weights):
@@ -428,7 +431,7 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes, floats, seed, z_m
 
 def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
     d = _check_model_dims(dims, ROLLOUT_DIMS)
-    _check_state_and_weights(d, h0, z0, weights, rollout_weight_shapes(dims), floats, seed, 0)
+    _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
 
 
 def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
@@ -472,7 +475,7 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     d = _check_model_dims(dims, ACT_DIMS)
     if d["horizon"] != 1:
         raise ValueError(f"dims: the acting step takes horizon 1, got {d['horizon']}")
-    _check_state_and_weights(d, h, z, weights, act_weight_shapes(dims), list(floats), seed, -1)
+    _check_state_and_weights(d, h, z, weights, lambda: act_weight_shapes(dims), list(floats), seed, -1)
     weights = _ready(weights)
     n, A, E = d["n"], d["act_dim"], d["embed_dim"]
     for name, t, shape in (("prev_action", prev_action, (n, A)), ("embed", embed, (n, E))):
@@ -487,4 +490,6 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
             embed.detach().contiguous())
     if _backend == "reference":
         return reference.act(*args, weights, dims, floats, seed, bool(sample))
+    if torch.compiler.is_compiling():
+        return torch.ops.dreamer_ext.act(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))
     return _kernel_module._act_impl(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))

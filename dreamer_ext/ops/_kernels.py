@@ -23,6 +23,8 @@ lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins
 lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
 lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed) "
            "-> (Tensor, Tensor, Tensor)")
+lib.define("act(Tensor h, Tensor z, Tensor prev_action, Tensor is_first, Tensor embed, Tensor?[] weights, int[] dims, "
+           "float[] floats, int seed, bool sample) -> (Tensor, Tensor, Tensor)")
 
 
 def _launch(t: torch.Tensor, emulate: bool) -> tuple:
@@ -233,12 +235,24 @@ def _(h0, z0, weights, dims, floats, seed):
     return _rollout_outputs(h0, dims)
 
 
-def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C):
+def _act_outputs(h, dims):
     n, D, S, A = dims[0], dims[2], dims[5], dims[7]
-    h_out, z_out, a_out = h.new_empty(n, D), h.new_empty(n, S, dtype=torch.int32), h.new_empty(n, A)
+    return h.new_empty(n, D), h.new_empty(n, S, dtype=torch.int32), h.new_empty(n, A)
+
+
+def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C):
+    h_out, z_out, a_out = _act_outputs(h, dims)
     ptrs = [0 if w is None else w.data_ptr() for w in weights]
     first = is_first.to(torch.uint8)
     mod.act(list(dims), list(floats), int(seed), ptrs, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(),
             first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), bool(sample),
             False, torch.get_num_threads(), 0, -1)
     return h_out, z_out, a_out
+
+
+lib.impl("act", _act_impl, "CPU")
+
+
+@torch.library.register_fake("dreamer_ext::act")
+def _(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample):
+    return _act_outputs(h, dims)
