@@ -312,3 +312,17 @@ def test_registered_acting_op_passes_opcheck():
     W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
     args = (*act_inputs(agent, 3), W.get(), W.dims(3, 1), W.floats(), 4, True)
     torch.library.opcheck(torch.ops.dreamer_ext.act.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_a_checked_weight_list_is_forgotten_when_any_of_its_tensors_is_freed():
+    import gc
+    agent, _ = model()
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor)
+    h0, z0 = starts(agent.wm.rssm, 2)["h"], starts(agent.wm.rssm, 2)["z"].argmax(-1).int()
+    ws = [None if w is None else w.clone() for w in W.get()]      # tensors only this list holds
+    ops.rollout(h0, z0, ws, W.dims(2, 2), W.floats(), 1)
+    key = tuple(map(id, ws))
+    assert any(k[0] == key for k in ops._checked_weights)
+    ws[-1] = ws[-1].clone()                                          # frees the last one; the first stays alive
+    gc.collect()
+    assert not any(k[0] == key for k in ops._checked_weights)        # its id may come back as another tensor

@@ -362,7 +362,7 @@ def _rollout_shapes(d: dict, latent: str, latent_layers: int, embed_dim: int) ->
 
 
 # weight lists already checked (keyed by the tensors' ids, the model dims and the device), so the acting step does
-# not re-check ~40 tensors every call; an entry goes when its first tensor is freed (ids can then be reused).
+# not re-check ~40 tensors every call; an entry goes when any of its tensors is freed (its id can then be reused).
 _checked_weights: dict = {}
 
 
@@ -424,7 +424,8 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
     if all(w is None or (w.is_contiguous() and not w.requires_grad) for w in weights):
         if len(_checked_weights) >= 8:
             _checked_weights.pop(next(iter(_checked_weights)))
-        _checked_weights[key] = weakref.finalize(weights[0], _checked_weights.pop, key, None) if weights else None
+        # forget the list as soon as any of its tensors is freed: a new tensor could then reuse that id
+        _checked_weights[key] = [weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None]
     if h0.is_cuda:
         raise ValueError("h0: the rollout and acting kernels run on CPU tensors only so far (no CUDA kernels yet)")
 
