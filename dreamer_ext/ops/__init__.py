@@ -30,7 +30,8 @@ import torch
 from . import reference
 
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "rollout_weight_shapes",
-           "ROLLOUT_DIMS", "act", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend", "use_backend", "backend_report", "OP_NAMES"]
+           "ROLLOUT_DIMS", "act", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend",
+           "use_backend", "backend_report", "OP_NAMES"]
 
 OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "act")
 _CPU_ONLY = ("rollout", "act")  # no CUDA kernels yet: CUDA tensors take the PyTorch loops
@@ -288,11 +289,8 @@ def lambda_return(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
 
 
 # ---- the fused imagination rollout -------------------------------------------------------------------
-ROLLOUT_DIMS = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
-                "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16")
+ROLLOUT_DIMS, ACT_DIMS = reference.ROLLOUT_DIMS, reference.ACT_DIMS  # the names of the rollout's / acting step's dims
 
-
-ACT_DIMS = ROLLOUT_DIMS + ("embed_dim", "post_layers")
 
 
 def pack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
@@ -302,11 +300,6 @@ def pack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
     if w.shape[-2] % 2:
         w = torch.cat([w, w.new_zeros(*w.shape[:-2], 1, w.shape[-1])], -2)
     return w.reshape(*w.shape[:-2], w.shape[-2] // 2, 2, w.shape[-1]).transpose(-1, -2).contiguous()
-
-
-def unpack_bf16_pairs(w: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bf16_pairs`: ``[..., ceil(K/2), O, 2]`` -> float32 ``[..., K, O]``."""
-    return w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2])[..., :k, :].float()
 
 
 def rollout_weight_shapes(dims) -> list[tuple[str, tuple | None]]:
@@ -387,9 +380,10 @@ def _check_model_dims(dims, names) -> dict:
     return d
 
 
-def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, z_min: int) -> None:
+def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, z_min: int) -> bool:
     """The state tensors every call; the weights (``shapes_of()`` gives their expected shapes) only for a list of
-    tensors not checked before."""
+    tensors not checked before. Returns True when the list was checked before (it is then contiguous and detached
+    as it is)."""
     if len(floats) != 4:
         raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
@@ -407,7 +401,7 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
     _check_same_device("h0", h0, "z0", z0)
     key = (tuple(map(id, weights)), tuple(v for k, v in d.items() if k not in ("n", "horizon")), h0.device)
     if key in _checked_weights:  # the same tensors checked before (e.g. one packing, used every acting step)
-        return
+        return True
     shapes = shapes_of()
     if len(weights) != len(shapes):
         raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
@@ -426,13 +420,14 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
             _checked_weights.pop(next(iter(_checked_weights)))
         # forget the list as soon as any of its tensors is freed: a new tensor could then reuse that id
         _checked_weights[key] = [weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None]
+    return False
     if h0.is_cuda:
         raise ValueError("h0: the rollout and acting kernels run on CPU tensors only so far (no CUDA kernels yet)")
 
 
-def _check_rollout(h0, z0, weights, dims, floats, seed) -> None:
+def _check_rollout(h0, z0, weights, dims, floats, seed) -> bool:
     d = _check_model_dims(dims, ROLLOUT_DIMS)
-    _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
+    return _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
 
 
 def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
@@ -445,8 +440,8 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     ``seed``: the Philox key (the uniforms of row r, step t are :func:`reference.philox_uniform`'s). Returns
     (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
     """
-    _check_rollout(h0, z0, weights, list(dims), list(floats), seed)
-    weights = _ready(weights)
+    if not _check_rollout(h0, z0, weights, list(dims), list(floats), seed):
+        weights = _detached(weights)
     h0, z0 = h0.detach().contiguous(), z0.contiguous()
     if _backend == "reference":
         return reference.rollout(h0, z0, weights, dims, floats, seed)
@@ -455,11 +450,8 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
 
 
-def _ready(weights: list) -> list:
-    """The weights as the kernels read them: detached and contiguous (a checked list already is)."""
-    ids = tuple(map(id, weights))
-    if any(k[0] == ids for k in _checked_weights):
-        return weights
+def _detached(weights: list) -> list:
+    """The weights as the kernels read them: detached and contiguous."""
     return [None if w is None else w.detach().contiguous() for w in weights]
 
 
@@ -476,8 +468,8 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     d = _check_model_dims(dims, ACT_DIMS)
     if d["horizon"] != 1:
         raise ValueError(f"dims: the acting step takes horizon 1, got {d['horizon']}")
-    _check_state_and_weights(d, h, z, weights, lambda: act_weight_shapes(dims), list(floats), seed, -1)
-    weights = _ready(weights)
+    if not _check_state_and_weights(d, h, z, weights, lambda: act_weight_shapes(dims), list(floats), seed, -1):
+        weights = _detached(weights)
     n, A, E = d["n"], d["act_dim"], d["embed_dim"]
     for name, t, shape in (("prev_action", prev_action, (n, A)), ("embed", embed, (n, E))):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:

@@ -159,8 +159,7 @@ class _Twin:
         def take(k):
             layer = [next(it) for _ in range(k)]
             if self.bf16:
-                w = layer[0]
-                layer[0] = w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
+                layer[0] = unpack_bf16_pairs(layer[0])
             return layer
 
         self.actor, self.actor_out = [take(4) for _ in range(d["actor_layers"])], take(2)
@@ -233,8 +232,15 @@ class _Twin:
         self.mix_rssm, self.mix_actor, self.min_std, self.max_std = (float(v) for v in floats)
 
 
-_ROLLOUT_NAMES = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
-                  "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16", "embed_dim", "post_layers")
+ROLLOUT_DIMS = ("n", "horizon", "deter", "blocks", "hidden", "stoch", "classes", "act_dim", "discrete", "norm",
+                "actor_layers", "actor_units", "dyn_layers", "prior_layers", "bf16")
+ACT_DIMS = ROLLOUT_DIMS + ("embed_dim", "post_layers")
+
+
+def unpack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
+    """bf16 k-pairs ``[..., ceil(K/2), O, 2]`` -> float32 ``[..., 2 ceil(K/2), O]`` (exactly the bf16 values; an odd K
+    leaves one zero row at the end)."""
+    return w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
 
 
 def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
@@ -243,7 +249,7 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
     and the draws from :func:`sample_index`, so the kernels sample the same classes wherever the probabilities
     agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``)."""
-    d = dict(zip(_ROLLOUT_NAMES, (int(v) for v in dims)))
+    d = dict(zip(ROLLOUT_DIMS, (int(v) for v in dims)))
     net = _Twin(weights, d, d["prior_layers"])
     net.set_floats(floats)
     n, S, A = d["n"], d["stoch"], d["act_dim"]
@@ -262,7 +268,7 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
         weights: list, dims: list, floats: list, seed: int, sample: bool = True
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused acting step in PyTorch (see :func:`dreamer_ext.ops.act`)."""
-    d = dict(zip(_ROLLOUT_NAMES, (int(v) for v in dims)))
+    d = dict(zip(ACT_DIMS, (int(v) for v in dims)))
     net = _Twin(weights, d, d["post_layers"])
     net.set_floats(floats)
     n, S, A = d["n"], d["stoch"], d["act_dim"]
