@@ -52,7 +52,7 @@ py=${PYTHON:-python3}
 dry=${GPU_CHECK_DRY_RUN:-0}
 budget=${GPU_CHECK_BUDGET_S:-540}
 cuda_src=${GPU_CHECK_CUDA_SRC:-csrc/cuda}
-kernels=${GPU_CHECK_KERNELS:-regex=twohot|lambda_return|unary_kernel}
+kernels=${GPU_CHECK_KERNELS:-regex=twohot|lambda_return|unary_kernel|rollout_kernel|act_kernel}
 min_step=10  # a step is not started with less time than this left
 started=$SECONDS
 failed=0

@@ -89,6 +89,11 @@ void unary(bool log, uintptr_t x, uintptr_t y, int64_t n, int dtype, bool cuda, 
   });
 }
 
+// How many weight pointers the rollout of these dims takes (the order of dreamer_ext.ops.rollout_weight_names).
+size_t rollout_weight_count(const std::vector<int64_t>& d) {
+  return size_t(4 * (d[10] + 3 + d[13] + d[12]) + 2 * 3);
+}
+
 // The rollout's parameter struct from the flat lists the Python wrapper passes (it has checked every shape).
 dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vector<double>& f, uint64_t seed,
                                  const std::vector<uintptr_t>& w, uintptr_t h0, uintptr_t z0, uintptr_t h_out,
@@ -109,7 +114,7 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
     if (v < 0 || v > dx::kRolloutMaxLayers) throw std::invalid_argument("rollout: at most 8 layers per MLP");
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks;
   const int first = g * (D / g + 3 * Hd);
-  const size_t need = size_t(4 * (p.actor_layers + 3 + p.prior_layers + p.dyn_layers) + 2 * 3);
+  const size_t need = rollout_weight_count(d);
   if (w.size() != need) throw std::invalid_argument("rollout: expected " + std::to_string(need) + " weight pointers");
   size_t i = 0;
   // the matmul weight slot holds float32 [in, out] or, for bf16 compute, bf16 k-pairs [ceil(in/2), out, 2]
@@ -142,6 +147,15 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   p.h0 = ptr<const float>(h0); p.z0 = ptr<const int32_t>(z0);
   p.h_out = ptr<float>(h_out); p.z_out = ptr<int32_t>(z_out); p.a_out = ptr<float>(a_out);
   return p;
+}
+
+// The acting step's dims (the rollout's 15, embed_dim, post_layers) as the rollout dims it parses: the posterior MLP
+// takes the prior's place.
+std::vector<int64_t> act_rollout_dims(const std::vector<int64_t>& dims) {
+  if (dims.size() != 17) throw std::invalid_argument("act: dims needs 17 entries (the rollout's, embed_dim, post_layers)");
+  std::vector<int64_t> rd(dims.begin(), dims.begin() + 15);
+  rd[13] = dims[16];
+  return rd;
 }
 
 }  // namespace
@@ -243,30 +257,50 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
      py::arg("gamma"), py::arg("lam"), py::arg("dtype"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
      py::arg("device"), nogil);
 
-  // ---- the fused imagination rollout (float32) ----
+  // ---- the fused imagination rollout and acting step ----
   m.def("rollout", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
-                      uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out, uintptr_t a_out, bool cuda,
-                      int nthreads, uintptr_t stream, int device) {
+                      uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out, uintptr_t a_out, uintptr_t work,
+                      bool cuda, int nthreads, uintptr_t stream, int device) {
     const Exec e = exec_of(cuda, nthreads, stream, device);
-    const dx::RolloutParams p = rollout_params(dims, fl, seed, w, h0, z0, h_out, z_out, a_out);
-    if (cuda) throw std::invalid_argument("rollout: the CUDA rollout is not implemented yet; use CPU tensors");
+    dx::RolloutParams p = rollout_params(dims, fl, seed, w, h0, z0, h_out, z_out, a_out);
+    p.work = ptr<float>(work);
     py::gil_scoped_release nogil_;
+#if defined(DX_WITH_CUDA)
+    if (cuda) return dx::cuda::rollout_fwd(p, e);
+#else
+    if (cuda) no_cuda();
+#endif
     dx::cpu::rollout_fwd(p, e);
   }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h0"), py::arg("z0"),
-     py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"),
-     py::arg("device"),
+     py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("work"), py::arg("cuda"), py::arg("nthreads"),
+     py::arg("stream"), py::arg("device"),
      "Fused rollout. dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
      "actor_units, dyn_layers, prior_layers, bf16]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
-     "pointers in the order of dreamer_ext.ops.rollout_weight_names.");
+     "pointers in the order of dreamer_ext.ops.rollout_weight_names; work: the CUDA workspace (rollout_work_floats "
+     "floats on the device; CPU calls pass 0).");
+
+  m.def("rollout_work_floats", [](std::vector<int64_t> dims) -> int64_t {
+    const bool acting = dims.size() == 17;
+    const std::vector<int64_t> rd = acting ? act_rollout_dims(dims) : dims;
+    if (rd.size() != 15) throw std::invalid_argument("rollout_work_floats: dims needs 15 (rollout) or 17 (act) entries");
+    const std::vector<uintptr_t> none(rollout_weight_count(rd), 0);
+    const dx::RolloutParams p = rollout_params(rd, {0, 0, 0, 0}, 0, none, 0, 0, 0, 0, 0);
+#if defined(DX_WITH_CUDA)
+    return dx::cuda::rollout_work_floats(p, acting);
+#else
+    (void)p;
+    return 0;
+#endif
+  }, py::arg("dims"),
+     "Floats of device workspace the CUDA rollout (15 dims) or acting step (17 dims) needs; 0 without CUDA.");
 
   m.def("act", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
                   uintptr_t h, uintptr_t z, uintptr_t prev_action, uintptr_t is_first, uintptr_t embed, uintptr_t h_out,
-                  uintptr_t z_out, uintptr_t a_out, bool sample, bool cuda, int nthreads, uintptr_t stream, int device) {
+                  uintptr_t z_out, uintptr_t a_out, uintptr_t work, bool sample, bool cuda, int nthreads,
+                  uintptr_t stream, int device) {
     const Exec e = exec_of(cuda, nthreads, stream, device);
-    if (dims.size() != 17) throw std::invalid_argument("act: dims needs 17 entries (the rollout's, embed_dim, post_layers)");
-    std::vector<int64_t> rd(dims.begin(), dims.begin() + 15);
-    rd[13] = dims[16];  // the latent MLP parsed in the prior's place is the posterior
-    dx::RolloutParams p = rollout_params(rd, fl, seed, w, h, z, h_out, z_out, a_out);
+    dx::RolloutParams p = rollout_params(act_rollout_dims(dims), fl, seed, w, h, z, h_out, z_out, a_out);
+    p.work = ptr<float>(work);
     dx::ActParams q{};
     q.embed_dim = int(dims[15]);
     q.post_layers = p.prior_layers;
@@ -277,14 +311,18 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     q.prev_action = ptr<const float>(prev_action);
     q.is_first = ptr<const uint8_t>(is_first);
     q.sample = sample;
-    if (cuda) throw std::invalid_argument("act: the CUDA acting step is not implemented yet; use CPU tensors");
     py::gil_scoped_release nogil_;
+#if defined(DX_WITH_CUDA)
+    if (cuda) return dx::cuda::act_fwd(p, q, e);
+#else
+    if (cuda) no_cuda();
+#endif
     dx::cpu::act_fwd(p, q, e);
   }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h"), py::arg("z"),
      py::arg("prev_action"), py::arg("is_first"), py::arg("embed"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"),
-     py::arg("sample"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), py::arg("device"),
+     py::arg("work"), py::arg("sample"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), py::arg("device"),
      "Fused acting step: the rollout's dims plus [embed_dim, post_layers]; weights as the rollout's with the "
-     "posterior MLP in the prior's place.");
+     "posterior MLP in the prior's place; work as the rollout's.");
 
   // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----
   m.def("philox4x32_10", [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
@@ -315,6 +353,8 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
 
 #if defined(DX_EMU)
   // ---- emulation-only: the emulated current device, and the primitives' test kernels ----
+  m.def("set_rollout_grid", [](int blocks) { dx::cuda::set_rollout_grid(blocks); }, py::arg("blocks"),
+        "Force the emulated rollout/acting launches onto this many blocks (0: the launch's own choice).");
   m.def("emulated_devices", [] { return dx_emu::kEmulatedDevices; }, "How many CUDA devices the emulation pretends to have.");
   m.def("current_device", [] { int d = -1; cudaGetDevice(&d); return d; }, "The calling thread's emulated current device.");
   m.def("set_device", [](int d) {

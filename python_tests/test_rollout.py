@@ -15,12 +15,16 @@ from dreamer_ext.fused_rollout import RolloutWeights, fused_imagine, rollout_uni
 from tiny_agent_config import tiny_config
 
 
-def model(discrete=True, act_dim=3, preset=None, seed=0, precision="fp32", **overrides):
+def model(discrete=True, act_dim=3, preset=None, seed=0, precision="fp32", jitter=True, **overrides):
     torch.manual_seed(seed)
     spec = EnvSpec(obs={"vector": ((5,), "float32")}, act_dim=act_dim, discrete=discrete)
     cfg = make_config(preset, device="cpu", precision=precision, **overrides) if preset else \
         tiny_config(precision=precision, **overrides)
     agent = Agent(cfg, spec)
+    with torch.no_grad():  # biases and norm parameters start at 0 and 1: move them, so an indexing bug shows
+        for p in agent.parameters() if jitter else ():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p), alpha=0.1)
     return agent, RolloutWeights(agent.wm.rssm, agent.behavior.actor)
 
 
@@ -101,7 +105,7 @@ def flip_rate(z, zr, a, ar):
 @pytest.mark.parametrize("preset,n,bf16", [("size1m", 33, False), ("size1m", 33, True), ("size12m", 5, False),
                                            ("size12m", 5, True), ("size25m", 2, True)])
 def test_preset_shapes_against_the_twin(preset, n, bf16):
-    agent, W = model(act_dim=17, preset=preset)
+    agent, W = model(act_dim=17, preset=preset, jitter=False)  # the initial parameters, as measured below
     (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 15, seed=5, bf16=bf16)
     # measured (n = 64 / 16): size1m 0 (fp32) and 3e-4 (bf16), size12m 1.3e-4 and 2e-3. In bf16 a float32
     # summation-order difference that moves one matmul input across a bf16 rounding boundary changes it by 2^-8,

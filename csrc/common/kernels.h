@@ -17,9 +17,18 @@
 DX_DECLARE_KERNELS(cpu)
 DX_DECLARE_KERNELS(cuda)
 
-// The fused imagination rollout (float32; CPU only so far).
+// The fused imagination rollout and acting step (float32 or bf16 compute). The CUDA versions read p.work, a
+// workspace of rollout_work_floats(p, acting) floats on the tensors' device.
 #include "rollout.h"
 namespace dx { namespace cpu {
 void rollout_fwd(const RolloutParams& p, const Exec& e);
 void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e);
+} }
+namespace dx { namespace cuda {
+void rollout_fwd(const RolloutParams& p, const Exec& e);
+void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e);
+int64_t rollout_work_floats(const RolloutParams& p, bool acting);
+#if defined(DX_EMU)
+void set_rollout_grid(int blocks);  // tests: force the grid size (0: the launch's own choice)
+#endif
 } }

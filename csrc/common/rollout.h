@@ -40,6 +40,7 @@ struct RolloutParams {
   float* h_out;        // [H+1, n, deter]
   int32_t* z_out;      // [H+1, n, stoch]
   float* a_out;        // [H, n, act_dim]
+  float* work;         // CUDA only: the launch's workspace, dx::cuda::rollout_work_floats(...) floats (CPU: unused)
 };
 
 // The acting step (one posterior step + actor per environment) reuses RolloutParams for the actor and the core
@@ -109,6 +110,44 @@ DX_HD float erfinv_(float x) {
 DX_HD float normal_from_uniform(float u) {
   u = u < 1e-6f ? 1e-6f : (u > 1.0f - 1e-6f ? 1.0f - 1e-6f : u);
   return 1.41421356f * erfinv_(2.0f * u - 1.0f);
+}
+
+// Probabilities (1 - mix) softmax(l) + mix / K of one row of logits, in place.
+DX_HD void unimix_probs(float* l, int K, float mix) {
+  float m = l[0];
+  for (int k = 1; k < K; ++k) m = l[k] > m ? l[k] : m;
+  float sum = 0.0f;
+  for (int k = 0; k < K; ++k) {
+    l[k] = exp_(l[k] - m);
+    sum += l[k];
+  }
+  const float scale = (1.0f - mix) / sum, add = mix / float(K);
+  for (int k = 0; k < K; ++k) l[k] = l[k] * scale + add;
+}
+
+// A discrete action from one row of actor logits l[0..A-1] (turned into unimix probabilities in place): the
+// inverse-CDF draw with uniform u, or, with sample = false, the most probable class (the first on ties).
+DX_HD int discrete_action(float* l, int A, float mix, bool sample, float u) {
+  unimix_probs(l, A, mix);
+  if (sample) return sample_index(l, A, u);
+  int k = 0;
+  for (int j = 1; j < A; ++j) k = l[j] > l[k] ? j : k;
+  return k;
+}
+
+// One continuous action dimension from its mean and std logits: tanh(mean) + std * N(0, 1) from uniform u
+// (std = (max - min) sigmoid(std logit + 2) + min), or, with sample = false, tanh(mean).
+DX_HD float continuous_action(float lmean, float lstd, float min_std, float max_std, bool sample, float u) {
+  const float mean = tanh_(lmean);
+  if (!sample) return mean;
+  const float std_ = (max_std - min_std) * sigmoid_(lstd + 2.0f) + min_std;
+  return mean + std_ * normal_from_uniform(u);
+}
+
+// The core's continuous action input: a / max(|a|, 1), elementwise.
+DX_HD float action_input(float a) {
+  const float m = fabs_(a);
+  return a / (m > 1.0f ? m : 1.0f);
 }
 
 }  // namespace dx

@@ -267,19 +267,6 @@ DX_MULTIVERSION void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, i
   }
 }
 
-// Probabilities (1 - mix) softmax(l) + mix / K of one row of logits, in place.
-inline void unimix_probs(float* l, int K, float mix) {
-  float m = l[0];
-  for (int k = 1; k < K; ++k) m = std::max(m, l[k]);
-  float sum = 0.0f;
-  for (int k = 0; k < K; ++k) {
-    l[k] = exp_(l[k] - m);
-    sum += l[k];
-  }
-  const float scale = (1.0f - mix) / sum, add = mix / float(K);
-  for (int k = 0; k < K; ++k) l[k] = l[k] * scale + add;
-}
-
 // Per-thread scratch of one row block.
 struct Scratch {
   std::vector<float> a, xa, xb, x3, dyn_a, dyn_b, gates, logits;
@@ -405,24 +392,14 @@ void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32
     float* l = logits + int64_t(r) * AO;
     float* a = act + int64_t(r) * A;
     if (p.discrete) {
-      unimix_probs(l, A, p.actor_unimix);
-      int k = 0;
-      if (sample) {
-        k = sample_index(l, A, rollout_uniform(p.seed, row, step, kStreamAction, 0));
-      } else {
-        for (int j = 1; j < A; ++j) k = l[j] > l[k] ? j : k;
-      }
+      const float u = sample ? rollout_uniform(p.seed, row, step, kStreamAction, 0) : 0.0f;
+      const int k = discrete_action(l, A, p.actor_unimix, sample, u);
       for (int j = 0; j < A; ++j) a[j] = j == k ? 1.0f : 0.0f;
       sc.aidx[r] = k;
     } else {
       for (int j = 0; j < A; ++j) {
-        const float mean = tanh_(l[j]);
-        if (!sample) {
-          a[j] = mean;
-          continue;
-        }
-        const float std_ = (p.max_std - p.min_std) * sigmoid_(l[A + j] + 2.0f) + p.min_std;
-        a[j] = mean + std_ * normal_from_uniform(rollout_uniform(p.seed, row, step, kStreamAction, uint32_t(j)));
+        const float u = sample ? rollout_uniform(p.seed, row, step, kStreamAction, uint32_t(j)) : 0.0f;
+        a[j] = continuous_action(l[j], l[A + j], p.min_std, p.max_std, sample, u);
       }
     }
   }
@@ -446,11 +423,7 @@ void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const 
     gather_acc(R, sc.aidx.data(), 1, 1, A, mat(p.in_a), 0, Hd, x3 + 2 * Hd, H3);
   } else {
     float* an = sc.a.data();  // a / max(|a|, 1), elementwise
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < A; ++j) {
-        const float v = act[int64_t(r) * A + j];
-        an[int64_t(r) * A + j] = v / std::max(std::fabs(v), 1.0f);
-      }
+    for (int64_t i = 0; i < int64_t(R) * A; ++i) an[i] = action_input(act[i]);
     gemm_acc(R, prep(R, an, A, A, p.bf16, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
   }
   for (int part = 0; part < 3; ++part) {

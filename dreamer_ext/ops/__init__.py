@@ -421,8 +421,6 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
         # forget the list as soon as any of its tensors is freed: a new tensor could then reuse that id
         _checked_weights[key] = [weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None]
     return False
-    if h0.is_cuda:
-        raise ValueError("h0: the rollout and acting kernels run on CPU tensors only so far (no CUDA kernels yet)")
 
 
 def _check_rollout(h0, z0, weights, dims, floats, seed) -> bool:

@@ -218,16 +218,26 @@ def _rollout_outputs(h0, dims):
     return (h0.new_empty(H + 1, n, D), h0.new_empty(H + 1, n, S, dtype=torch.int32), h0.new_empty(H, n, A))
 
 
+def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
+    """(workspace, work pointer, cuda, nthreads, stream, device) of a rollout/acting call on ``t``'s device: the CUDA
+    kernels take a workspace of ``mod.rollout_work_floats(dims)`` floats on the device (kept alive by the caller)."""
+    if not (emulate or t.is_cuda):
+        return None, 0, False, torch.get_num_threads(), 0, -1
+    work = t.new_empty(max(1, mod.rollout_work_floats(list(dims))))
+    return (work, work.data_ptr()) + _launch(t, emulate)[1:]
+
+
 def _rollout_impl(h0, z0, weights, dims, floats, seed, mod=_C, emulate=False):
     h, z, a = _rollout_outputs(h0, dims)
     ptrs = [0 if w is None else w.data_ptr() for w in weights]
-    nthreads = 1 if emulate else torch.get_num_threads()
+    work, *launch = _device_args(h0, mod, dims, emulate)
     mod.rollout(list(dims), list(floats), int(seed), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
-                a.data_ptr(), False, nthreads, 0, -1)
+                a.data_ptr(), *launch)
     return h, z, a
 
 
 lib.impl("rollout", _rollout_impl, "CPU")
+lib.impl("rollout", _rollout_impl, "CUDA")
 
 
 @torch.library.register_fake("dreamer_ext::rollout")
@@ -240,17 +250,19 @@ def _act_outputs(h, dims):
     return h.new_empty(n, D), h.new_empty(n, S, dtype=torch.int32), h.new_empty(n, A)
 
 
-def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C):
+def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C, emulate=False):
     h_out, z_out, a_out = _act_outputs(h, dims)
     ptrs = [0 if w is None else w.data_ptr() for w in weights]
     first = is_first.to(torch.uint8)
+    work, work_ptr, cuda, nthreads, stream, device = _device_args(h, mod, dims, emulate)
     mod.act(list(dims), list(floats), int(seed), ptrs, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(),
-            first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), bool(sample),
-            False, torch.get_num_threads(), 0, -1)
+            first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), work_ptr,
+            bool(sample), cuda, nthreads, stream, device)
     return h_out, z_out, a_out
 
 
 lib.impl("act", _act_impl, "CPU")
+lib.impl("act", _act_impl, "CUDA")
 
 
 @torch.library.register_fake("dreamer_ext::act")

@@ -1,0 +1,114 @@
+"""The CUDA rollout and acting kernels (csrc/cuda/rollout.cu) run on the CPU through the SIMT emulation
+(dreamer_ext._emu): against the PyTorch twin on shared Philox uniforms, against the C++ CPU kernel, and bitwise
+across grid sizes. Shapes are small (the emulation runs every GPU thread as an OS thread) but cover partial tiles
+(N not a multiple of the 16-row tile), more tiles than blocks (the grid-stride loop), continuous actions, LayerNorm,
+no dyn layer / a dense GRU, two dyn layers, and bf16 compute."""
+import pytest
+import torch
+
+from dreamer_ext import ops
+from dreamer_ext.fused_rollout import RolloutWeights
+from dreamer_ext.ops import _kernels as K
+
+from test_rollout import CASES, act_inputs, model, starts
+
+pytestmark = pytest.mark.emu
+
+
+@pytest.fixture
+def grid(emu):
+    """Sets the emulated launches' grid size for one test and restores the launch's own choice afterwards."""
+    yield emu.set_rollout_grid
+    emu.set_rollout_grid(0)
+
+
+def emulated_rollout(emu, W, start, horizon, seed, bf16=False):
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    args = (h0, z0, W.get(bf16), W.dims(h0.shape[0], horizon, bf16), W.floats(), seed)
+    got = K._rollout_impl(*args, mod=emu, emulate=True)
+    with ops.use_backend("reference"):
+        ref = ops.rollout(*args)
+    return got, ref, args
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("n", [1, 37])
+def test_emulated_cuda_rollout_matches_the_pytorch_twin(emu, case, n, bf16):
+    kw = dict(CASES[case])
+    agent, W = model(discrete=kw.pop("discrete", True), act_dim=kw.pop("act_dim", 3), **kw)
+    (h, z, a), (hr, zr, ar), args = emulated_rollout(emu, W, starts(agent.wm.rssm, n), 3, seed=321 + n, bf16=bf16)
+    assert h.shape == (4, n, agent.wm.rssm.deter) and z.dtype == torch.int32 and a.shape[:2] == (3, n)
+    # fp32: the tiny model's samples agree exactly and states within float32 summation-order rounding; bf16: a
+    # different summation order can move a matmul input by one bf16 step, so a sample may rarely flip.
+    if bf16:
+        assert (z == zr).float().mean() >= 0.99
+        rows = (z == zr).all(-1).all(0)
+        h, hr, a, ar = h[:, rows], hr[:, rows], a[:, rows], ar[:, rows]
+    else:
+        assert torch.equal(z, zr)
+    tol = 1e-3 if bf16 else 2e-6
+    torch.testing.assert_close(h, hr, atol=tol, rtol=0)
+    torch.testing.assert_close(a, ar, atol=2 * tol + 3e-6, rtol=0)
+
+
+def test_emulated_cuda_rollout_agrees_with_the_cpu_kernel_on_a_preset_shape(emu):
+    agent, W = model(act_dim=5, preset="size1m")
+    (h, z, a), _, args = emulated_rollout(emu, W, starts(agent.wm.rssm, 18), 3, seed=9)
+    hc, zc, ac = ops.rollout(*args)  # the C++ CPU kernel
+    assert torch.equal(z, zc) and torch.equal(a, ac)
+    torch.testing.assert_close(h, hc, atol=1e-5, rtol=0)
+
+
+def test_emulated_cuda_rollout_is_bitwise_equal_across_grid_sizes(emu, grid):
+    agent, W = model(discrete=False, act_dim=2)
+    start = starts(agent.wm.rssm, 35)  # 3 tiles of 16 rows, the last partial
+    outs = []
+    for blocks in (1, 2, 3, 5):
+        grid(blocks)
+        (h, z, a), _, _ = emulated_rollout(emu, W, start, 2, seed=3)
+        outs.append((h, z, a))
+    for other in outs[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(outs[0], other))
+
+
+def test_emulated_cuda_workspace_is_sized_by_the_grid(emu, grid):
+    agent, W = model()
+    dims = W.dims(50, 4, False)
+    grid(1)
+    one = emu.rollout_work_floats(dims)
+    grid(3)
+    three = emu.rollout_work_floats(dims)
+    assert one > 0 and three == 3 * one
+    grid(0)
+    assert emu.rollout_work_floats(W.dims(0, 4, False)) == 0
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("sample", [True, False], ids=["sample", "mode"])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["discrete", "continuous", "layernorm"])
+def test_emulated_cuda_acting_step_matches_the_pytorch_twin(emu, case, sample, bf16):
+    kw = [dict(), dict(discrete=False, act_dim=2), dict(norm="layer")][case]
+    agent, _ = model(**kw)
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    n = 21
+    args = (*act_inputs(agent, n), W.get(bf16), W.dims(n, 1, bf16), W.floats(), 99, sample)
+    h, z, a = K._act_impl(*args, mod=emu, emulate=True)
+    with ops.use_backend("reference"):
+        hr, zr, ar = ops.act(*args)
+    tol = 1e-3 if bf16 else 2e-6
+    torch.testing.assert_close(h, hr, atol=tol, rtol=0)
+    assert (z == zr).float().mean() >= (0.99 if bf16 else 1.0)
+    rows = (z == zr).all(-1)
+    torch.testing.assert_close(a[rows], ar[rows], atol=2 * tol + 3e-6, rtol=0)
+
+
+def test_emulated_cuda_acting_resets_where_is_first(emu):
+    agent, _ = model()
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    h, z, prev, _, embed = act_inputs(agent, 6)
+    first = torch.ones(6, dtype=torch.bool)
+    base = K._act_impl(h, z, prev, first, embed, W.get(), W.dims(6, 1), W.floats(), 5, True, mod=emu, emulate=True)
+    other = K._act_impl(h * 0 + 0.7, (z + 1) % 4, prev.roll(1, -1), first, embed, W.get(), W.dims(6, 1), W.floats(),
+                        5, True, mod=emu, emulate=True)
+    assert all(torch.equal(x, y) for x, y in zip(base, other))
