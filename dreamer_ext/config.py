@@ -191,17 +191,46 @@ class LossConfig:
     critic: float = option(1.0, "critic loss scale", non_negative)
     repval: float = option(0.3, "V2 replay-value loss scale: the critic on replayed states (0 turns the term off, as in V1)",
                        non_negative)
-    free_bits: float = option(1.0, "free bits (nats) per (batch, time) element (not a loss term)", non_negative)
+    kl: float = option(1.0, "RePo: scale of the constraint term sg(beta) (alpha KL_dyn + (1 - alpha) KL_rep - eps)",
+                       non_negative)
+    probe: float = option(1.0, "RePo: scale of the image/vector probe's loss (decoders on detached features, own "
+                               "optimiser)", non_negative)
+    free_bits: float = option(1.0, "free bits (nats) per (batch, time) element (dreamer objective; not a loss term)",
+                              non_negative)
 
 
 OPTIONAL_TERMS = ("repval",)  # terms that a zero scale switches off (not computed at all)
+# the world-model terms each objective produces (dreamer_ext.objectives); the other LossConfig fields of this kind
+# belong to the other objective and are not in its table
+OBJECTIVE_TERMS = {"dreamer": ("rec", "rew", "con", "dyn", "rep"), "repo": ("rew", "con", "kl", "probe")}
+BEHAVIOR_TERMS = ("actor", "critic", "repval")
 
 
 def loss_scales(cfg: "Config") -> dict[str, float]:
-    """The loss table's scales: every :class:`LossConfig` field except ``free_bits``, by term name; an optional term
-    (:data:`OPTIONAL_TERMS`) whose scale is 0 is left out, and the agent does not compute it."""
-    out = {f.name: float(getattr(cfg.loss, f.name)) for f in fields(cfg.loss) if f.name != "free_bits"}
+    """The loss table's scales by term name: the objective's world-model terms (:data:`OBJECTIVE_TERMS`) and the
+    behaviour terms, from the :class:`LossConfig` fields of the same names; an optional term (:data:`OPTIONAL_TERMS`)
+    whose scale is 0 is left out, and the agent does not compute it."""
+    names = OBJECTIVE_TERMS[cfg.objective] + BEHAVIOR_TERMS
+    out = {k: float(getattr(cfg.loss, k)) for k in names}
     return {k: v for k, v in out.items() if k not in OPTIONAL_TERMS or v > 0}
+
+
+@dataclass
+class RepoConfig:
+    """RePo (``--objective=repo``): maximise reward predictability under a KL budget, ``KL_bal <= eps`` nats per step,
+    with the Lagrange multiplier beta learned by dual gradient descent on log beta."""
+
+    eps: float = option(3.0, "KL budget epsilon in nats per step (KL summed over latent groups, mean over batch and "
+                             "time); must lie below stoch * ln(classes)", positive)
+    alpha: float = option(5.0 / 6.0, "balance: KL_bal = alpha KL[sg q || p] + (1 - alpha) KL[q || sg p]",
+                          in_range(0, 1))
+    beta_init: float = option(1e-3, "initial Lagrange multiplier beta", positive)
+    beta_lr: float = option(1e-3, "Adam learning rate of log beta (the dual step)", positive)
+    beta_min: float = option(1e-4, "lower clamp of beta", positive)
+    beta_max: float = option(10.0, "upper clamp of beta", positive)
+    kl_ema: float = option(0.0, "dual step on an EMA of KL_bal with this decay (0: the batch's own KL)",
+                           in_range(0, 1, hi_open=True))
+    probe_lr: float = option(1e-4, "Adam learning rate of the probe decoders (their own optimiser)", positive)
 
 
 @dataclass
@@ -223,7 +252,14 @@ class OptimConfig:
     ac_clip: float = option(100.0, "V1 Adam: actor and critic global grad-norm clip", non_negative)
 
 
-_OBJECTIVE_HINTS = {"repo": "'repo' (RePo) is planned but not implemented yet; available now: 'dreamer'"}
+def _distractor_check(v) -> str | None:
+    from .envs.distractors import parse_distractor
+
+    try:
+        parse_distractor(v, name="spec")
+    except ValueError as e:
+        return str(e).removeprefix("spec: ")
+    return None
 
 
 @dataclass
@@ -242,6 +278,12 @@ class Config:
     log_every: int = option(1_000, "env steps between metric logs", positive)
     num_envs: int = option(1, "parallel environments", positive)
     action_repeat: int = option(4, "emulator frames per env step (ALE envs only)", positive)
+    distractor: str = option("none", "visual distractor of the training envs: none | gauss:SIGMA (pixel noise, 0-255 "
+                                     "scale) | blackout:P (frame blacked out with probability P) | video:SEED "
+                                     "(procedural moving background)", lambda v: _distractor_check(v))
+    eval_distractor: str = option("", "distractor of the eval envs ('' = the same as --distractor; a video seed "
+                                      "stream disjoint from training's either way)",
+                                  lambda v: None if v == "" else _distractor_check(v))
     # ---- run management ----
     checkpoint_every: int = option(10_000, "env steps between checkpoints (0: only at the end)", non_negative)
     checkpoint_keep: int = option(2, "newest checkpoints kept in <logdir>/checkpoints", positive)
@@ -263,8 +305,9 @@ class Config:
                                     "model; 0 = windows of batch_length steps that start from zeros",
                              one_of(0, 1))
     backend: str = option("kernels", "ops backend: kernels | reference", one_of("kernels", "reference"))
-    objective: str = option("dreamer", "world-model objective: dreamer (RePo is planned)",
-                        one_of("dreamer", hints=_OBJECTIVE_HINTS))
+    objective: str = option("dreamer", "world-model objective: 'dreamer' (reconstruction, reward, continue, KL with "
+                                       "free bits) | 'repo' (RePo: reward and continue under a KL budget, see --repo.*)",
+                        one_of("dreamer", "repo"))
     norm: str = option("rms", "hidden-layer norm: 'rms' (V2, eps 1e-4) | 'layer' (V1, eps 1e-3)", one_of("rms", "layer"))
     init: str = option("v2", "weight init: 'v2' (truncated normal, std = outscale/sqrt(fan_in), full fan-in for "
                          "block-linear layers) | 'avg' (earlier: variance scale/mean(fan_in, fan_out), per block)",
@@ -283,6 +326,7 @@ class Config:
     imag: ImagConfig = _sub(ImagConfig, "imagination, returns and return normalisation")
     loss: LossConfig = _sub(LossConfig, "loss scales (one per term) and free bits")
     optim: OptimConfig = _sub(OptimConfig, "optimiser")
+    repo: RepoConfig = _sub(RepoConfig, "RePo objective (--objective=repo): KL budget and the dual step on beta")
 
     def validate(self) -> "Config":
         """Raise ``ValueError("<dotted.field>: <reason>")`` for the first invalid field; return self when valid."""
@@ -318,6 +362,15 @@ def _check_relations(cfg: Config) -> None:
     if cfg.decoder.bspace and (cfg.rssm.deter % cfg.decoder.bspace or c0 % cfg.decoder.bspace):
         raise ValueError(f"decoder.bspace: {cfg.decoder.bspace} must divide rssm.deter={cfg.rssm.deter} and the "
                          f"decoder's {c0} grid channels (decoder.cnn_depth * cnn_mults[-1]); 0 turns it off")
+    if cfg.repo.beta_min >= cfg.repo.beta_max:
+        raise ValueError(f"repo.beta_max: must exceed repo.beta_min={cfg.repo.beta_min}, got {cfg.repo.beta_max}")
+    if not cfg.repo.beta_min <= cfg.repo.beta_init <= cfg.repo.beta_max:
+        raise ValueError(f"repo.beta_init: must lie in [repo.beta_min, repo.beta_max] = [{cfg.repo.beta_min}, "
+                         f"{cfg.repo.beta_max}], got {cfg.repo.beta_init}")
+    feasible = cfg.rssm.stoch * math.log(cfg.rssm.classes)
+    if cfg.objective == "repo" and cfg.repo.eps >= feasible:
+        raise ValueError(f"repo.eps: must lie below stoch * ln(classes) = {feasible:.1f} nats (the most information "
+                         f"{cfg.rssm.stoch} latents of {cfg.rssm.classes} classes can hold), got {cfg.repo.eps}")
     if cfg.loss.repval > 0 and cfg.batch_length < 2:
         raise ValueError(f"batch_length: the replay-value loss needs windows of at least 2 steps, got "
                          f"{cfg.batch_length} (or pass --loss.repval=0)")
@@ -496,10 +549,11 @@ def config_to_dict(cfg: Config) -> dict:
 
 def _upgrade(d: dict) -> dict:
     """Configs saved by earlier versions: ``loss.pred`` (one scale for rec, rew and con) becomes the three scales;
-    the unused ``repo`` section is dropped; a full config without ``replay_context`` was trained (and its replay
+    a ``repo`` section of a run that did not use RePo is dropped (the earlier, never-trained design had one); a full config without ``replay_context`` was trained (and its replay
     stored) without it, so it gets 0."""
     d = dict(d)
-    d.pop("repo", None)
+    if d.get("objective") != "repo":  # the earlier, never-trained RePo section, or defaults a dreamer run does not use
+        d.pop("repo", None)
     if "replay_online" in d and "replay_context" not in d:
         d["replay_context"] = 0
     if isinstance(d.get("loss"), dict) and "pred" in d["loss"]:

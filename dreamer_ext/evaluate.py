@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cli
-from .config import at_least, check_fields, device_name, non_negative, one_of, option, positive
+from .config import _distractor_check, at_least, check_fields, device_name, non_negative, one_of, option, positive
 from .loop import POLICIES, env_kwargs, run_episodes, tune_cpu_allocator
 
 PROG = "python -m dreamer_ext.evaluate"
@@ -43,6 +43,9 @@ class EvalOptions:
     seed: int = option(-1, "env seed (-1: the run's seed + 20000)", at_least(-1))
     device: str = option("auto", "auto | cpu | cuda | cuda:N", device_name)
     backend: str = option("", "ops backend: kernels | reference ('' = the run's)", one_of("", "kernels", "reference"))
+    eval_distractor: str = option("", "distractor of the eval envs: none | gauss:SIGMA | blackout:P | video:SEED ('' = "
+                                      "the run's --eval_distractor, else its --distractor)",
+                                  lambda v: None if v == "" else _distractor_check(v))
 
     def validate(self) -> "EvalOptions":
         """Each option's own check (see :func:`~dreamer_ext.config.check_fields`); returns self."""
@@ -83,7 +86,11 @@ def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> di
 
     seed = cfg.seed + 20_000 if opts.seed < 0 else opts.seed
     n = opts.num_envs or min(opts.episodes, 8)
-    env = make_env(cfg.env, seed, n, **env_kwargs(cfg))
+    distractor = opts.eval_distractor or cfg.eval_distractor or cfg.distractor
+    try:
+        env = make_env(cfg.env, seed, n, distractor=distractor, role="eval", **env_kwargs(cfg))
+    except ValueError as e:
+        raise EvalError(f"--eval_distractor={distractor}: {e}") from None
     try:
         torch.manual_seed(seed)
         agent = Agent(cfg, env.spec)
@@ -98,7 +105,8 @@ def _evaluate(opts: EvalOptions, cfg, payload: dict, device: torch.device) -> di
     ci = mean_ci(out["returns"])
     result = {
         "checkpoint": os.path.abspath(payload["path"]), "env": cfg.env, "step": int(payload["step"]),
-        "episodes": opts.episodes, "policy": opts.eval_policy, "seed": seed, "mean": ci["mean"],
+        "episodes": opts.episodes, "policy": opts.eval_policy, "distractor": distractor, "seed": seed,
+        "mean": ci["mean"],
         "ci95": ci["ci"] if math.isfinite(ci["ci"]) else None,  # undefined for one episode
         "std": ci["std"] if math.isfinite(ci["std"]) else None,
         "returns": out["returns"], "lengths": out["lengths"], "seconds": round(time.time() - t0, 2),
@@ -133,7 +141,8 @@ def main(argv=None) -> int:
     ci = "n/a" if res["ci95"] is None else f"{res['ci95']:.2f}"
     std = "n/a" if res["std"] is None else f"{res['std']:.2f}"
     print(f"checkpoint: {res['checkpoint']} (env {res['env']}, step {res['step']})")
-    print(f"return: {res['mean']:.2f} ± {ci} (95% CI, {res['episodes']} episodes, {res['policy']} policy; std {std})")
+    print(f"return: {res['mean']:.2f} ± {ci} (95% CI, {res['episodes']} episodes, {res['policy']} policy, distractor "
+          f"{res['distractor']}; std {std})")
     if opts.json:
         print(f"wrote {opts.json}")
     return 0

@@ -295,8 +295,10 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
     seed_everything(cfg.seed)
     offset = st.resumes * _ENV_SEED_STRIDE
     try:
-        envs = make_env(cfg.env, cfg.seed + offset, cfg.num_envs, **env_kwargs(cfg))
-        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)), **env_kwargs(cfg))
+        envs = make_env(cfg.env, cfg.seed + offset, cfg.num_envs, distractor=cfg.distractor, role="train",
+                        **env_kwargs(cfg))
+        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)),
+                             distractor=cfg.eval_distractor or cfg.distractor, role="eval", **env_kwargs(cfg))
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
     agent = Agent(cfg, envs.spec)

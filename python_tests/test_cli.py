@@ -62,7 +62,10 @@ def test_preset_applied_first_then_overrides():
     (["--steps=1.5"], "--steps"),
     (["--seed=-1"], "--seed"),  # gymnasium refuses negative seeds at reset
     (["--replay_capacity=63"], "--replay_capacity"),  # below batch_size * batch_length: training never starts
-    (["--objective=repo"], "--objective"),  # planned, not there yet
+    (["--objective=repox"], "--objective"),
+    (["--distractor=gauss"], "--distractor"),
+    (["--eval_distractor=video:x"], "--eval_distractor"),
+    (["--objective=repo", "--repo.eps=200"], "--repo.eps"),  # above stoch * ln(classes)
     (["--encoder.kernel=4"], "--encoder.kernel"),
 ])
 def test_errors_exit_2_with_one_line_naming_the_option(argv, option, capsys):
@@ -91,7 +94,8 @@ def test_train_program_cli_in_subprocess():
     assert "env steps" in helped.stdout and "summed over" in helped.stdout
 
 
-def test_planned_objective_says_it_is_coming(capsys):
-    with pytest.raises(SystemExit):
-        cli.parse_or_exit(["--objective=repo"], prog="prog")
-    assert "planned but not implemented yet" in capsys.readouterr().err
+def test_repo_objective_and_distractors_parse():
+    cfg = cli.parse_or_exit(["--objective=repo", "--repo.eps=5", "--distractor=gauss:20", "--eval_distractor=video:3"],
+                            prog="prog")
+    assert cfg.objective == "repo" and cfg.repo.eps == 5.0
+    assert cfg.distractor == "gauss:20" and cfg.eval_distractor == "video:3"

@@ -51,7 +51,8 @@ def run_main(capsys, *args):
 
 
 def parse_return_line(out):
-    m = re.search(r"^return: (-?[\d.]+) ± (n/a|-?[\d.]+) \(95% CI, (\d+) episodes, sample policy; std (n/a|[\d.]+)\)$",
+    m = re.search(r"^return: (-?[\d.]+) ± (n/a|-?[\d.]+) \(95% CI, (\d+) episodes, sample policy, distractor none; "
+                  r"std (n/a|[\d.]+)\)$",
                   out, re.M)
     assert m, out
     return m.groups()
@@ -131,7 +132,7 @@ def test_same_seed_is_deterministic_and_seed_option_is_used(run_dir):
 def test_eval_policy_sample_is_the_default_and_mode_is_a_switch(run_dir, tmp_path, capsys):
     rc, out, _ = run_main(capsys, f"--checkpoint={run_dir}", "--episodes=2", "--device=cpu", "--eval_policy=mode",
                           f"--json={tmp_path / 'm.json'}")
-    assert rc == 0 and "2 episodes, mode policy;" in out
+    assert rc == 0 and "2 episodes, mode policy, distractor none;" in out
     assert json.loads((tmp_path / "m.json").read_text())["policy"] == "mode"
     greedy = [evaluate_checkpoint(EvalOptions(checkpoint=str(run_dir), episodes=3, device="cpu", seed=5,
                                               eval_policy="mode"))["returns"] for _ in range(2)]

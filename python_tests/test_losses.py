@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dreamer_ext.agent import Agent
-from dreamer_ext.config import LossConfig, loss_scales
+from dreamer_ext.config import BEHAVIOR_TERMS, OBJECTIVE_TERMS, LossConfig, loss_scales
 from dreamer_ext.losses import total_loss
 from tiny_agent_config import random_batch, tiny_config, vector_spec
 
@@ -25,11 +25,17 @@ def test_terms_and_scales_must_name_the_same_keys(terms, named):
         total_loss(terms, {"a": 1.0, "b": 1.0})
 
 
-def test_scales_come_from_every_loss_config_field_but_free_bits():
-    cfg = tiny_config(loss={"rep": 0.25, "critic": 0.5})
+def test_scales_are_the_objectives_terms_and_the_behaviour_terms():
+    cfg = tiny_config(loss={"rep": 0.25, "critic": 0.5, "repval": 0.3})
     scales = loss_scales(cfg)
-    assert set(scales) == {f.name for f in dataclasses.fields(LossConfig)} - {"free_bits"}
+    assert set(scales) == {"rec", "rew", "con", "dyn", "rep", "actor", "critic", "repval"}
     assert scales["rep"] == 0.25 and scales["critic"] == 0.5 and scales["rec"] == 1.0
+    repo = loss_scales(tiny_config(objective="repo", loss={"kl": 2.0, "repval": 0.3}))
+    assert set(repo) == {"rew", "con", "kl", "probe", "actor", "critic", "repval"}
+    assert repo["kl"] == 2.0
+    # every LossConfig field but free_bits is some objective's or the behaviour's term
+    used = {t for ts in OBJECTIVE_TERMS.values() for t in ts} | set(BEHAVIOR_TERMS)
+    assert used == {f.name for f in dataclasses.fields(LossConfig)} - {"free_bits"}
 
 
 def _step_with_grads(agent, spec):

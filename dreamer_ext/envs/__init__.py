@@ -21,9 +21,11 @@ import numpy as np
 
 from .atari import Atari100k, is_atari_id
 from .adapter import Blackout, DreamerAdapter, PixelNoise
+from .distractors import Distractor, VideoBackground, apply_distractor, parse_distractor
 from .spec import EnvSpec
 
-__all__ = ["EnvSpec", "VecEnv", "make_env", "make_single_env", "env_spec", "Atari100k", "PixelNoise", "Blackout"]
+__all__ = ["EnvSpec", "VecEnv", "make_env", "make_single_env", "env_spec", "Atari100k", "PixelNoise", "Blackout",
+           "VideoBackground", "Distractor", "parse_distractor", "apply_distractor"]
 
 
 def make_single_env(
@@ -32,13 +34,18 @@ def make_single_env(
     size: tuple[int, int] = (64, 64),
     noise_std: float = 0.0,
     blackout_prob: float = 0.0,
+    distractor: str = "none",
+    role: str = "train",
     **env_kwargs,
 ) -> gym.Env:
     """One adapted environment (dict observations, agent-convention actions), without the vector bookkeeping.
 
     ``ALE/...`` ids get the Atari100k protocol (:class:`Atari100k`, ``env_kwargs`` go to it), any other id goes to
     ``gymnasium.make(env_id, **env_kwargs)``. ``seed`` seeds the distractor wrappers; the env itself is seeded at reset.
+    ``distractor``: a spec of :func:`~dreamer_ext.envs.distractors.parse_distractor` (``role`` train/eval picks the
+    video distractor's seed stream).
     """
+    d = parse_distractor(distractor)
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env_id: expected a non-empty gymnasium id string, got {env_id!r}")
     try:
@@ -50,7 +57,7 @@ def make_single_env(
         env = PixelNoise(env, noise_std, seed=None if seed is None else seed + 7919)
     if blackout_prob:
         env = Blackout(env, blackout_prob, seed=None if seed is None else seed + 104729)
-    return env
+    return apply_distractor(env, d, seed, role)
 
 
 def env_spec(env) -> EnvSpec:
@@ -65,8 +72,8 @@ def env_spec(env) -> EnvSpec:
     return EnvSpec(obs=adapter.obs_conv.obs_spec, act_dim=adapter.act_conv.act_dim, discrete=adapter.act_conv.discrete)
 
 
-def _build(env_id, seed, size, noise_std, blackout_prob, env_kwargs):
-    return make_single_env(env_id, seed, size, noise_std, blackout_prob, **env_kwargs)
+def _build(env_id, seed, size, noise_std, blackout_prob, distractor, role, env_kwargs):
+    return make_single_env(env_id, seed, size, noise_std, blackout_prob, distractor, role, **env_kwargs)
 
 
 class VecEnv:
@@ -141,6 +148,8 @@ def make_env(
     asynchronous: bool = False,
     noise_std: float = 0.0,
     blackout_prob: float = 0.0,
+    distractor: str = "none",
+    role: str = "train",
     **env_kwargs,
 ) -> VecEnv:
     """Make ``num_envs`` copies of ``env_id`` behind one :class:`VecEnv` (env ``i`` seeded with ``seed + i``).
@@ -154,6 +163,9 @@ def make_env(
         asynchronous: step the envs in subprocesses (gymnasium AsyncVectorEnv) instead of in this process.
         noise_std: Gaussian pixel noise distractor, standard deviation in uint8 units (0 = off).
         blackout_prob: probability that a frame is blacked out (0 = off).
+        distractor: a distractor spec (``none``, ``gauss:SIGMA``, ``blackout:P``, ``video:SEED``; see
+            :mod:`dreamer_ext.envs.distractors`), applied after ``noise_std``/``blackout_prob``.
+        role: ``train`` or ``eval``: the ``video`` distractor's seed stream (the two never share a background video).
         env_kwargs: passed to the environment constructor.
     Raises:
         ValueError naming the argument for bad input, including unsupported observation/action spaces.
@@ -167,11 +179,13 @@ def make_env(
     if not (0.0 <= blackout_prob <= 1.0):
         raise ValueError(f"blackout_prob: must be in [0, 1], got {blackout_prob}")
     # Build one env here to validate the spaces and read the spec (errors surface in this process, not a worker).
-    probe = make_single_env(env_id, seed, size, noise_std, blackout_prob, **env_kwargs)
+    parse_distractor(distractor)
+    probe = make_single_env(env_id, seed, size, noise_std, blackout_prob, distractor, role, **env_kwargs)
     spec = env_spec(probe)
     fns = [
         functools.partial(
-            _build, env_id, None if seed is None else seed + i, size, noise_std, blackout_prob, dict(env_kwargs)
+            _build, env_id, None if seed is None else seed + i, size, noise_std, blackout_prob, distractor, role,
+            dict(env_kwargs)
         )
         for i in range(num_envs)
     ]

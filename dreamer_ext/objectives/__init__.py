@@ -28,10 +28,11 @@ from typing import Any
 
 from .base import Objective
 from .dreamer import DreamerObjective
+from .repo import RepoObjective
 
-__all__ = ["Objective", "DreamerObjective", "OBJECTIVES", "make_objective"]
+__all__ = ["Objective", "DreamerObjective", "RepoObjective", "OBJECTIVES", "make_objective"]
 
-OBJECTIVES: dict[str, type] = {"dreamer": DreamerObjective}
+OBJECTIVES: dict[str, type] = {"dreamer": DreamerObjective, "repo": RepoObjective}
 
 
 def make_objective(name: str, config: Any) -> Objective:
