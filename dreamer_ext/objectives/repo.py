@@ -19,8 +19,9 @@ whenever the model step was skipped (a non-finite loss or gradient). ``log beta`
 but of no model parameter group (no AGC, no clipping, no weight decay). Its optimiser, the probe's optimiser, the
 KL EMA and the alarm counters are saved in the module's state dict (``get_extra_state``), so checkpoints carry them.
 
-Alarms (a console warning, rate-limited, and the counter ``repo/alarms``): a loss term above 1e3, beta at its clamp for
-more than 1000 consecutive updates, KL_bal above 10 eps, a non-finite value.
+Alarms (a console warning, rate-limited, and the counter ``repo/alarms``): a loss term of the model step above 1e3 (the
+probe's loss, a sum over pixels that never reaches the model, is exempt), beta at its clamp for more than 1000
+consecutive updates, KL_bal above 10 eps, a non-finite value.
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ class RepoObjective(Objective):
     def _alarms(self, metrics: dict, ok: bool, dual_ok: bool) -> None:
         found = []
         for k, v in metrics.items():
-            if not k.startswith("loss/"):
+            # the probe's loss (a sum over pixels, like any reconstruction loss) never reaches the model: not alarmed
+            if not k.startswith("loss/") or k.startswith("loss/probe"):
                 continue
             x = float(v)
             if not math.isfinite(x):
