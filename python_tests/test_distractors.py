@@ -117,3 +117,44 @@ def test_make_env_applies_the_spec_and_rejects_vector_envs():
 def test_video_wrapper_needs_images():
     with pytest.raises(ValueError, match="image"):
         VideoBackground(DreamerAdapter(gym.make("CartPole-v1")), 0)
+
+
+# ---- dreamer_ext/Catch-v0: the small pixel task for the distractor experiments -------------------------------------
+def play(policy, distractor="none", seed=0):
+    env = make_env("dreamer_ext/Catch-v0", seed=seed, distractor=distractor)
+    obs, total, frames_ = env.reset(), 0.0, []
+    while True:
+        a = policy(env._envs.envs[0].unwrapped)
+        obs = env.step(np.eye(3, dtype=np.float32)[a][None])
+        frames_.append(obs["image"][0])
+        total += float(obs["reward"][0])
+        if obs["is_last"][0]:
+            assert obs["is_terminal"][0]
+            env.close()
+            return total, frames_
+
+
+def tracker(game):
+    centre = game.paddle_x + 6 - (game.ball_x + 2)
+    return 0 if centre > 2 else 2 if centre < -2 else 1
+
+
+def test_catch_rewards_depend_on_the_paddle_and_the_ball():
+    caught, _ = play(tracker)
+    assert caught == 10.0  # a paddle that follows the ball catches all 10
+    still, _ = play(lambda g: 1)
+    assert -10.0 <= still <= 0.0 and still < caught
+    rng = np.random.default_rng(0)
+    randoms = [play(lambda g: int(rng.integers(3)), seed=s)[0] for s in range(6)]
+    assert np.mean(randoms) < -2.0
+
+
+def test_catch_under_a_video_keeps_ball_and_paddle():
+    from dreamer_ext.envs.catch import BALL_COLOR, PADDLE_COLOR
+    _, clean = play(tracker)
+    _, vid = play(tracker, distractor="video:2")
+    for c, v in zip(clean[:20], vid[:20]):
+        for color in (BALL_COLOR, PADDLE_COLOR):
+            mask = (c == color).all(-1)
+            assert mask.any() and (v[mask] == color).all()
+        assert (c != v).any(-1).mean() > 0.8  # the rest is the video

@@ -19,6 +19,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 
+from . import catch
 from .atari import Atari100k, is_atari_id
 from .adapter import Blackout, DreamerAdapter, PixelNoise
 from .distractors import Distractor, VideoBackground, apply_distractor, parse_distractor
@@ -26,6 +27,8 @@ from .spec import EnvSpec
 
 __all__ = ["EnvSpec", "VecEnv", "make_env", "make_single_env", "env_spec", "Atari100k", "PixelNoise", "Blackout",
            "VideoBackground", "Distractor", "parse_distractor", "apply_distractor"]
+
+catch.register()  # dreamer_ext/Catch-v0
 
 
 def make_single_env(
