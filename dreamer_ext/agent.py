@@ -78,8 +78,10 @@ def cpu_bf16_speedup() -> float:
         if cpu_has_bf16_instructions():
             import time
 
+            g = torch.Generator().manual_seed(0)  # its own generator: measuring never moves the global RNG
+
             def best(dtype):
-                a, b = torch.randn(256, 1024).to(dtype), torch.randn(1024, 1024).to(dtype)
+                a, b = torch.randn(256, 1024, generator=g).to(dtype), torch.randn(1024, 1024, generator=g).to(dtype)
                 a @ b
                 times = []
                 for _ in range(3):

@@ -277,6 +277,9 @@ class Config:
                           one_of("sample", "mode"))
     log_every: int = option(1_000, "env steps between metric logs", positive)
     num_envs: int = option(1, "parallel environments", positive)
+    env_workers: int = option(0, "0: step the training envs in this process; N = num_envs: each in its own worker "
+                                 "process (gymnasium AsyncVectorEnv), stepping while the learner updates",
+                              non_negative)
     action_repeat: int = option(4, "emulator frames per env step (ALE envs only)", positive)
     distractor: str = option("none", "visual distractor of the training envs: none | gauss:SIGMA (pixel noise, 0-255 "
                                      "scale) | blackout:P (frame blacked out with probability P) | video:SEED "
@@ -374,6 +377,9 @@ def _check_relations(cfg: Config) -> None:
     if cfg.loss.repval > 0 and cfg.batch_length < 2:
         raise ValueError(f"batch_length: the replay-value loss needs windows of at least 2 steps, got "
                          f"{cfg.batch_length} (or pass --loss.repval=0)")
+    if cfg.env_workers not in (0, cfg.num_envs):
+        raise ValueError(f"env_workers: must be 0 (in-process) or num_envs={cfg.num_envs} (one worker process per "
+                         f"env), got {cfg.env_workers}")
     need = max(cfg.batch_size, cfg.num_envs) * (cfg.batch_length + cfg.replay_context)
     if cfg.replay_capacity < need:
         raise ValueError(f"replay_capacity: must be at least max(batch_size, num_envs) * (batch_length + "

@@ -296,7 +296,7 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
     offset = st.resumes * _ENV_SEED_STRIDE
     try:
         envs = make_env(cfg.env, cfg.seed + offset, cfg.num_envs, distractor=cfg.distractor, role="train",
-                        **env_kwargs(cfg))
+                        asynchronous=cfg.env_workers > 0, **env_kwargs(cfg))
         eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)),
                              distractor=cfg.eval_distractor or cfg.distractor, role="eval", **env_kwargs(cfg))
     except ValueError as e:
@@ -346,10 +346,11 @@ def print_banner(run: Run) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------------- steps
-def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
+def act_and_send(run: Run, obs: dict, carry: dict) -> dict:
     """One agent decision per training env: the action taken at obs_t is stored with obs_t (zeroed at is_last: the env
-    resets and ignores it), and with replay context so is the posterior state after obs_t; then the envs step.
-    Returns the next observations and recurrent carry."""
+    resets and ignores it), and with replay context so is the posterior state after obs_t; then the action goes to the
+    envs (``step_async``: with ``--env_workers`` they step while the learner updates). Returns the recurrent carry;
+    ``run.envs.step_wait()`` gives the next observations."""
     action, carry = run.agent.policy(to_torch(obs, run.device), carry, sample=True)
     action = action.cpu().numpy().astype(np.float32)
     action[obs["is_last"]] = 0.0
@@ -358,7 +359,14 @@ def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
         step.update({k: v.numpy() for k, v in run.agent.latents(carry).items()})
     run.replay.add_batch(step)
     run.st.step += run.cfg.num_envs
-    return run.envs.step(action), carry
+    run.envs.step_async(action)
+    return carry
+
+
+def act_and_step(run: Run, obs: dict, carry: dict) -> tuple[dict, dict]:
+    """:func:`act_and_send` and wait for the envs: returns the next observations and recurrent carry."""
+    carry = act_and_send(run, obs, carry)
+    return run.envs.step_wait(), carry
 
 
 def updates_due(run: Run) -> int:
@@ -484,16 +492,18 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
         print(f"start: step {st.step} of {cfg.steps} (SIGTERM or Ctrl-C: checkpoint and stop)", flush=True)
         while st.step < cfg.steps and stop.signum is None:
             t0 = time.perf_counter()
-            obs, carry = act_and_step(run, obs, carry)
+            carry = act_and_send(run, obs, carry)  # the envs step (in their workers, if any) during the updates
             bar.update(cfg.num_envs)
+            t1, n_updates = time.perf_counter(), updates_due(run)
+            for _ in range(n_updates):
+                last_batch = train_once(run, train_metrics)
+            t2 = time.perf_counter()
+            obs = run.envs.step_wait()
             for _, ret, length in episodes.add(obs):
                 st.episodes, last_return = st.episodes + 1, ret
                 run.logger.scalars(st.step, {"episode_return": ret, "episode_length": length})
                 train_returns.append(ret)
-            t1, n_updates = time.perf_counter(), updates_due(run)
-            for _ in range(n_updates):
-                last_batch = train_once(run, train_metrics)
-            projection.add(cfg.num_envs, time.perf_counter() - t0, n_updates, time.perf_counter() - t1)
+            projection.add(cfg.num_envs, time.perf_counter() - t0, n_updates, t2 - t1)
             if media.due(st.step, when=run.image_key is not None and last_batch is not None):
                 log_media(run, last_batch)
                 video_due = True  # the next evaluation records an episode

@@ -117,3 +117,14 @@ def test_checkpoints_load_across_precisions():
         assert torch.equal(a, b), k
     m = fp.train_step(random_batch(spec, B=2, T=5, seed=1))
     assert m["opt/skipped"] == 0.0
+
+
+def test_measuring_the_bf16_speedup_leaves_the_global_rng_alone(monkeypatch):
+    import dreamer_ext.agent as agent_mod
+    monkeypatch.setattr(agent_mod, "_BF16_SPEEDUP", None)       # measure again in this test
+    monkeypatch.setattr(agent_mod, "cpu_has_bf16_instructions", lambda: True)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    agent_mod.cpu_bf16_speedup()
+    assert torch.equal(torch.rand(3), want)  # a run's draws do not depend on whether the process measured before

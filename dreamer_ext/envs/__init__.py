@@ -95,6 +95,8 @@ class VecEnv:
             self._envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=mode)
         self.spec = spec
         self.num_envs = len(env_fns)
+        self.asynchronous = bool(asynchronous)
+        self._pending = None
         self._seed = seed
         self._done = np.zeros(self.num_envs, bool)
         self._started = False
@@ -110,12 +112,39 @@ class VecEnv:
 
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         """``action`` float32 ``[N, act_dim]`` -> next observation dict (``[N, ...]``)."""
+        self.step_async(action)
+        return self.step_wait()
+
+    def step_async(self, action: np.ndarray) -> None:
+        """Send ``action`` (float32 ``[N, act_dim]``) to the envs; with worker processes they step while the caller
+        goes on. :meth:`step_wait` returns the observations. In-process envs step inside :meth:`step_wait`."""
         if not self._started:
             raise RuntimeError("VecEnv.step called before reset()")
+        if self._pending is not None:
+            raise RuntimeError("VecEnv.step_async called twice without step_wait")
         action = np.asarray(action, dtype=np.float32)
         if action.shape != (self.num_envs, self.spec.act_dim):
             raise ValueError(f"action: expected shape ({self.num_envs}, {self.spec.act_dim}), got {action.shape}")
-        obs, reward, terminated, truncated, _ = self._envs.step(action)
+        if self.asynchronous:
+            self._envs.step_async(action)
+        self._pending = action
+
+    def step_wait(self) -> dict[str, np.ndarray]:
+        """The observations after the action of :meth:`step_async`. A worker's exception is raised here (as a
+        RuntimeError naming the worker's error), and so is a worker process that died."""
+        if self._pending is None:
+            raise RuntimeError("VecEnv.step_wait called without step_async")
+        action, self._pending = self._pending, None
+        if not self.asynchronous:
+            obs, reward, terminated, truncated, _ = self._envs.step(action)
+        else:
+            try:
+                obs, reward, terminated, truncated, _ = self._envs.step_wait()
+            except (EOFError, BrokenPipeError, ConnectionResetError) as e:
+                raise RuntimeError(f"env worker: a worker process of {self.spec} died ({type(e).__name__}); "
+                                   f"see its error above") from None
+            except Exception as e:  # gymnasium re-raises the worker's own exception type here
+                raise RuntimeError(f"env worker: {type(e).__name__}: {e}") from e
         is_first = self._done.copy()  # these envs were just reset by the vector env (their action was ignored)
         reward = np.where(is_first, 0.0, reward).astype(np.float32)
         terminated = np.asarray(terminated, bool) & ~is_first
