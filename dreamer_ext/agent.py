@@ -22,6 +22,7 @@ from .behavior import Behavior
 from .config import Config, loss_scales
 from . import ops
 from .envs.spec import EnvSpec
+from .dist import SINGLE, Dist
 from .fused_rollout import RolloutWeights, draw_seed, fused_act, rollout_uniforms
 from .losses import total_loss
 from .optim import Optimizer
@@ -135,6 +136,7 @@ class Agent(nn.Module):
         self._device = resolve_device(config.device)
         self.compute_dtype = resolve_precision(config.precision, self._device)
         self.to(self._device)
+        self.dist = SINGLE
         self.scales = loss_scales(config)
         self.opt = Optimizer(config.optim, {
             "world_model": self.wm.objective.model_parameters(self.wm),
@@ -145,6 +147,16 @@ class Agent(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def use_dist(self, d: Dist) -> None:
+        """Train data-parallel in the group ``d`` (:mod:`dreamer_ext.dist`): parameters and buffers become rank 0's,
+        and from now on every update averages the gradients, the skip decision, the return percentiles, RePo's KL
+        for the dual step and the metrics over the ranks."""
+        self.dist = d
+        d.broadcast_(list(self.parameters()) + list(self.buffers()))
+        self.behavior.retnorm.gather = d.gather_cat if d.active else None
+        if hasattr(self.wm.objective, "reduce"):
+            self.wm.objective.reduce = d.mean if d.active else None
 
     def autocast(self):
         """Mixed precision for the forward passes: matmuls and convolutions in ``compute_dtype`` (bf16) with fp32
@@ -294,7 +306,11 @@ class Agent(nn.Module):
         loss, loss_metrics = total_loss({**terms, **beh_terms}, self.scales)
         metrics.update(loss_metrics)
         loss.backward()
-        opt_metrics = self.opt.step(allow=bool(torch.isfinite(loss.detach())))
+        allow = bool(torch.isfinite(loss.detach()))
+        if self.dist.active:  # every rank applies the same mean gradient, or every rank skips
+            self.dist.average_([p.grad for p in self.parameters() if p.grad is not None])
+            allow = self.dist.all_true(allow, self.device)
+        opt_metrics = self.opt.step(allow=allow)
         metrics.update(opt_metrics)
         ok = bool(opt_metrics["opt/skipped"] == 0)
         if ok:
@@ -305,7 +321,8 @@ class Agent(nn.Module):
                     buf.copy_(old)
         self.wm.objective.after_update(self.wm, data, metrics, ok)
         keys = list(metrics)
-        vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys]).tolist()
+        vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys])
+        vals = self.dist.mean(vals).tolist()  # data-parallel: the mean over the ranks
         metrics = dict(zip(keys, vals))
         if not return_latents:
             return metrics

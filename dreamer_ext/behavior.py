@@ -69,10 +69,13 @@ class ReturnNorm(nn.Module):
         super().__init__()
         self.decay, self.low, self.high, self.limit = decay, low / 100.0, high / 100.0, limit
         self.register_buffer("scale", torch.zeros(()))
+        self.gather = None  # data-parallel: a function that concatenates every rank's returns (dreamer_ext.dist)
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
         r = returns.detach().float().reshape(-1)
+        if self.gather is not None:  # the percentiles of the global batch, the same on every rank
+            r = self.gather(r)
         q = torch.quantile(r, torch.tensor([self.low, self.high], device=r.device, dtype=r.dtype))
         self.scale.mul_(self.decay).add_((1.0 - self.decay) * (q[1] - q[0]))
         return self.divisor()

@@ -56,6 +56,7 @@ class RepoObjective(Objective):
         self.probe_opt: torch.optim.Optimizer | None = None  # made at the first update (the decoders exist then)
         self._pending_probe_state: dict | None = None
         self._last: dict = {}
+        self.reduce = None  # data-parallel: the mean over the ranks (dreamer_ext.dist), set by the agent
         self.updates = 0          # dual steps taken
         self.at_clamp = 0         # consecutive dual steps that ended at a clamp
         self.alarms = 0           # alarms raised so far
@@ -112,6 +113,8 @@ class RepoObjective(Objective):
                 opt.step()
             opt.zero_grad(set_to_none=True)
         kl = self._last.get("kl")
+        if kl is not None and self.reduce is not None:  # data-parallel: the KL of the global batch
+            kl = self.reduce(kl)
         dual_ok = ok and kl is not None and bool(torch.isfinite(kl))
         if dual_ok:
             kl = kl.to(self.log_beta.device)

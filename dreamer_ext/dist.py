@@ -1,0 +1,105 @@
+"""Data-parallel training over ``torch.distributed`` (launched by ``torchrun``): the few collective operations the agent
+needs, behind one object that is a no-op for a single process.
+
+Every rank runs its own environments and replay shard and samples its own batch; per update the ranks average their
+gradients (one flat all-reduce), agree on the non-finite skip decision, compute the return-normalisation
+percentiles on the gathered returns of all ranks, average RePo's KL for the dual step, and average the logged
+metrics. Parameters start from rank 0's and stay bitwise equal on every rank, because every rank applies the same
+averaged gradient with the same optimiser.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist", "SINGLE", "from_env"]
+
+
+class Dist:
+    """This process's place in the data-parallel group: ``rank`` of ``world`` (a single process: 0 of 1)."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank/world: expected 0 <= rank < world, got {rank}/{world}")
+        self.rank, self.world = rank, world
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def __repr__(self) -> str:
+        return f"Dist(rank={self.rank}, world={self.world})"
+
+    # ---- collectives (identity for a single process) ----
+    def average_(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over the ranks, in place, with one all-reduce of a flat float32 buffer (the
+        tensors must have the same shapes, in the same order, on every rank)."""
+        if not self.active or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        i = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[i:i + n].view_as(t))
+            i += n
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of ``t`` over the ranks (a new tensor)."""
+        if not self.active:
+            return t
+        out = t.detach().clone().float()
+        dist.all_reduce(out)
+        return out.div_(self.world).to(t.dtype)
+
+    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+        """True only when ``flag`` is True on every rank."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([0.0 if flag else 1.0], device=device)
+        dist.all_reduce(t)
+        return bool(t.item() == 0.0)
+
+    def gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """The ranks' ``t`` (the same shape on every rank) concatenated along dim 0, in rank order."""
+        if not self.active:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, 0)
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite every rank's tensors with rank 0's, in place."""
+        if not self.active:
+            return
+        for t in tensors:
+            dist.broadcast(t.data, 0)
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+SINGLE = Dist()
+
+
+def from_env(device: torch.device) -> Dist:
+    """The group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``; the process group is initialised here
+    with NCCL for a CUDA ``device``, gloo otherwise), or :data:`SINGLE` without it. Raises ValueError for an
+    inconsistent environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    rank = int(os.environ.get("RANK", "-1"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK: expected 0 <= RANK < WORLD_SIZE={world}, got {os.environ.get('RANK')!r}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world)

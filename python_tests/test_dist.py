@@ -1,0 +1,85 @@
+"""Data-parallel updates (dreamer_ext/dist.py, Agent.use_dist) with 2 gloo processes launched by torchrun: parameters,
+buffers and metrics are bitwise equal on both ranks after several updates on different batches, a non-finite batch
+on one rank skips the update on both, and RePo's beta moves the same way everywhere."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    import torch
+    sys.path[:0] = [{root!r}, {here!r}]
+    from dreamer_ext.agent import Agent
+    from dreamer_ext.dist import from_env
+    from tiny_agent_config import random_batch, tiny_config, vector_spec
+
+    d = from_env(torch.device("cpu"))
+    torch.manual_seed(100 + d.rank)  # different initial parameters on purpose: use_dist makes them rank 0's
+    spec = vector_spec()
+    agent = Agent(tiny_config(objective={objective!r}, precision="fp32"), spec)
+    built = [p.detach().clone() for p in agent.parameters()]
+    agent.use_dist(d)
+    start = [p.detach().clone() for p in agent.parameters()]
+    metrics = []
+    for i in range(3):
+        batch = random_batch(spec, seed=10 * i + d.rank)  # each rank its own batch
+        if i == 1 and d.rank == 1:
+            batch["reward"][0, 1] = float("nan")  # one rank's bad batch skips the update everywhere
+        torch.manual_seed(1000 * i + d.rank)
+        metrics.append(agent.train_step(batch))
+    torch.save({{"params": [p.detach() for p in agent.parameters()], "buffers": [b for b in agent.buffers()],
+                "built": built, "start": start, "metrics": metrics}}, os.path.join({out!r}, f"rank{{d.rank}}.pt"))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_ranks(tmp_path, objective):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=ROOT, here=HERE, out=str(tmp_path), objective=objective))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                           f"--master_port={free_port()}", str(script)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("objective", ["dreamer", "repo"])
+def test_two_ranks_stay_bitwise_equal(tmp_path, objective):
+    r0, r1 = run_two_ranks(tmp_path, objective)
+    assert any(not torch.equal(a, b) for a, b in zip(r0["built"], r1["built"]))  # they were built differently
+    assert all(torch.equal(a, b) for a, b in zip(r0["built"], r1["start"]))  # and start from rank 0's
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
+    assert all(torch.equal(a, b) or (a.isnan().all() and b.isnan().all()) for a, b in zip(r0["buffers"], r1["buffers"]))
+    assert any(not torch.equal(a, b) for a, b in zip(r0["start"], r0["params"]))  # and they did learn
+    m0, m1 = r0["metrics"], r1["metrics"]
+    assert [m["opt/skipped"] for m in m0] == [m["opt/skipped"] for m in m1] == [0.0, 1.0, 0.0]
+    for a, b in zip(m0, m1):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)  # averaged metrics (NaN where skipped)
+    if objective == "repo":
+        assert m0[2]["repo/beta_after"] == m1[2]["repo/beta_after"]
+
+
+def test_single_process_is_untouched():
+    from dreamer_ext.dist import SINGLE, from_env
+    assert from_env(torch.device("cpu")) is SINGLE and not SINGLE.active
+    t = torch.arange(4.0)
+    SINGLE.average_([t])
+    assert torch.equal(t, torch.arange(4.0)) and SINGLE.all_true(True) and not SINGLE.all_true(False)
+    assert torch.equal(SINGLE.gather_cat(t), t)
