@@ -82,6 +82,22 @@ class Dist:
         for t in tensors:
             dist.broadcast(t.data, 0)
 
+    def gather_objects(self, obj) -> list:
+        """Every rank's picklable ``obj``, in rank order (``[obj]`` for a single process)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        """Rank 0's picklable ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, 0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

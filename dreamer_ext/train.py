@@ -49,9 +49,10 @@ import torch
 
 from . import cli, ops
 from .agent import resolve_device
-from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, checkpoint_config, list_checkpoints, \
+from .checkpoint import CKPT_DIR as CKPT_SUBDIR, Checkpointer, CheckpointError, RunLock, atomic_write, checkpoint_config, list_checkpoints, \
     load_checkpoint, restore_agent, rng_state, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
+from .dist import SINGLE, Dist, from_env
 from .envs import make_env
 from .loop import Episodes, Every, Mean, Projection, env_kwargs, format_duration, run_episodes, summarize, to_torch, \
     tune_cpu_allocator
@@ -72,6 +73,7 @@ train_ratio / (batch_size * batch_length) updates per env step. --preset is appl
 Exit status: 0 done or stopped with a checkpoint, 2 invalid command line, 1 run-time error."""
 
 REPLAY_CHUNK = 256  # steps per replay chunk: the unit written once to replay/ (partial chunks ride in each checkpoint)
+_RANK_SEED_STRIDE = 7_919  # data-parallel rank r seeds torch, numpy and its replay with seed + r * stride
 _ENV_SEED_STRIDE = 1_000_003  # train envs of the k-th resume are seeded seed + k * stride (fresh episodes, no repeats)
 LONG_RUN_SECONDS = 3 * 3600  # a CPU run projected beyond this prints the practical-scale commands once
 PROJECTION_MIN_UPDATES = 3  # updates timed before the projection is trusted for that note
@@ -221,6 +223,7 @@ class Run:
     eval_envs: object
     logger: RunLogger
     ckpt: Checkpointer
+    dist: Dist = SINGLE
     last_eval_metrics: dict = dataclasses.field(default_factory=dict)  # of the newest evaluation in this process
 
     @property
@@ -229,23 +232,87 @@ class Run:
         return keys[0] if keys else None
 
     def save_checkpoint(self) -> str:
-        self.logger.flush()
-        return self.ckpt.save(self.st.step, {
-            "config": config_to_dict(self.cfg), "spec": dataclasses.asdict(self.envs.spec),
-            "agent": self.agent.checkpoint_state(), "train_state": dataclasses.asdict(self.st), "rng": rng_state(),
-            "logs": {"metrics_offset": self.logger.jsonl_offset()},
-            "saved_at": time.time(), "torch_version": str(torch.__version__),
-        }, self.replay)
+        """A checkpoint of this step. Data-parallel: every rank > 0 first writes its shard (its replay, RNG and
+        counters) into ``<logdir>/rank<r>/``, then, after a barrier, rank 0 writes the main checkpoint (model,
+        optimiser, its own shard) that names the world size; a main checkpoint therefore implies all its shards."""
+        d = self.dist
+        payload = {"config": config_to_dict(self.cfg), "spec": dataclasses.asdict(self.envs.spec),
+                   "train_state": dataclasses.asdict(self.st), "rng": rng_state(),
+                   "dist": {"rank": d.rank, "world": d.world}, "saved_at": time.time(),
+                   "torch_version": str(torch.__version__)}
+        if not d.is_main:
+            path = self.ckpt.save(self.st.step, {**payload, "agent": {}, "logs": {"metrics_offset": 0}}, self.replay)
+        d.barrier()
+        if d.is_main:
+            self.logger.flush()
+            path = self.ckpt.save(self.st.step, {**payload, "agent": self.agent.checkpoint_state(),
+                                                 "logs": {"metrics_offset": self.logger.jsonl_offset()}}, self.replay)
+        d.barrier()
+        return path
 
     def close(self) -> None:
         self.logger.close()
         self.envs.close()
-        self.eval_envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
 
 
-def load_resume(cfg: Config, resume_from: str | None) -> tuple[dict | None, TrainState]:
+class _QuietLogger:
+    """The logger of data-parallel ranks > 0: rank 0 logs the (already averaged) metrics; the others write nothing."""
+
+    def scalars(self, step, values): pass
+    def image(self, step, tag, image): pass
+    def video(self, step, tag, frames, fps=15): pass
+    def flush(self): pass
+    def close(self): pass
+    def jsonl_offset(self): return 0
+
+
+def rank_dir(logdir: str, d: Dist) -> str:
+    """Where rank ``d.rank`` keeps its checkpoints and replay: the run directory for rank 0, ``<logdir>/rank<r>``
+    for the others."""
+    return logdir if d.is_main else os.path.join(logdir, f"rank{d.rank}")
+
+
+def load_resume(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> tuple[dict | None, TrainState]:
     """The checkpoint payload to continue from (None for a fresh run) and the loop counters. A directory that holds
-    checkpoints is only continued with ``--resume``."""
+    checkpoints is only continued with ``--resume``. Data-parallel: rank 0 picks the main checkpoint, which must name
+    the same world size; every rank then reads the model and optimiser from it and its own shard (replay, RNG,
+    counters) of the same step from ``<logdir>/rank<r>``."""
+    if d.active:
+        main = _load_main(cfg, resume_from) if d.is_main else None
+        step = d.broadcast_object(None if main is None else (main["step"], main.get("dist", {}).get("world", 1)))
+        if step is None:
+            return None, TrainState()
+        step, world = step
+        _check_world(world, d, step, cfg.logdir)
+        if main is None:
+            main = load_checkpoint(os.path.join(cfg.logdir, CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
+        if d.is_main:
+            payload = main
+        else:
+            payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
+            payload["agent"] = main["agent"]
+        st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
+        st.resumes += 1
+        return payload, st
+    payload = _load_main(cfg, resume_from)
+    if payload is None:
+        return None, TrainState()
+    _check_world(payload.get("dist", {}).get("world", 1), d, payload["step"], cfg.logdir)
+    st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
+    st.resumes += 1
+    return payload, st
+
+
+def _check_world(world: int, d: Dist, step: int, logdir: str) -> None:
+    if world != d.world:
+        raise CheckpointError(f"--resume: the checkpoint at step {step} in {logdir} was written by {world} "
+                              f"process(es); resume it with the same number (this run has {d.world}); dealing the "
+                              f"replay shards out to another world size is not implemented yet")
+
+
+def _load_main(cfg: Config, resume_from: str | None) -> dict | None:
     existing = list_checkpoints(cfg.logdir)
     if existing and not cfg.resume:
         raise cli.CLIError(f"--logdir={cfg.logdir}: holds checkpoints of an earlier run; pass --resume to continue it "
@@ -255,14 +322,12 @@ def load_resume(cfg: Config, resume_from: str | None) -> tuple[dict | None, Trai
     if not resume_from:
         if cfg.resume:
             print(f"resume: no checkpoint in {cfg.logdir}; starting a new run", flush=True)
-        return None, TrainState()
+        return None
     payload = load_checkpoint(resume_from)
-    st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
-    st.resumes += 1
     changes = _config_changes(payload["config"], config_to_dict(cfg))
     print(f"resume: {payload['path']} (step {payload['step']})"
           + (f"; changed options: {', '.join(changes)}" if changes else ""), flush=True)
-    return payload, st
+    return payload
 
 
 def open_logger(cfg: Config, payload: dict | None, st: TrainState) -> RunLogger:
@@ -284,26 +349,31 @@ def open_logger(cfg: Config, payload: dict | None, st: TrainState) -> RunLogger:
                      metrics_offset=0 if old_size else None)
 
 
-def setup(cfg: Config, resume_from: str | None) -> Run:
+def setup(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> Run:
     """Device, seeds, environments, agent, replay, checkpointer and logger; on resume (``cfg.resume``) all restored
-    from ``resume_from`` (default: the newest checkpoint in ``cfg.logdir``)."""
+    from ``resume_from`` (default: the newest checkpoint in ``cfg.logdir``). Data-parallel (``d``): rank r seeds its
+    own train envs (disjoint from the other ranks'), holds its share of the replay capacity, and only rank 0 has eval
+    envs and a logger; the agent's parameters are rank 0's (:meth:`Agent.use_dist`)."""
     from .agent import Agent
 
     device = resolve_device(cfg.device)
-    payload, st = load_resume(cfg, resume_from)
+    payload, st = load_resume(cfg, resume_from, d)
     # seeds; environments (eval: up to 8 parallel copies, seeds disjoint from the train envs')
-    seed_everything(cfg.seed)
-    offset = st.resumes * _ENV_SEED_STRIDE
+    seed_everything(cfg.seed + _RANK_SEED_STRIDE * d.rank)
+    offset = st.resumes * _ENV_SEED_STRIDE + d.rank * cfg.num_envs
     try:
         envs = make_env(cfg.env, cfg.seed + offset, cfg.num_envs, distractor=cfg.distractor, role="train",
                         asynchronous=cfg.env_workers > 0, **env_kwargs(cfg))
-        eval_envs = make_env(cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)),
-                             distractor=cfg.eval_distractor or cfg.distractor, role="eval", **env_kwargs(cfg))
+        eval_envs = None if not d.is_main else make_env(
+            cfg.env, cfg.seed + 10_000 + offset, max(1, min(cfg.eval_episodes, 8)),
+            distractor=cfg.eval_distractor or cfg.distractor, role="eval", **env_kwargs(cfg))
     except ValueError as e:
         raise cli.CLIError(f"--env={cfg.env}: {e}") from None
     agent = Agent(cfg, envs.spec)
-    replay = make_replay(cfg)
-    ckpt = Checkpointer(cfg.logdir, keep=cfg.checkpoint_keep)
+    replay = make_replay(cfg, d)
+    # a rank > 0 keeps one shard more than rank 0 keeps main checkpoints: it writes the next shard before rank 0 writes
+    # the next main checkpoint, so a kill in between must still leave the shard of the newest main checkpoint
+    ckpt = Checkpointer(rank_dir(cfg.logdir, d), keep=cfg.checkpoint_keep + (0 if d.is_main else 1))
     if payload is not None:
         restore_agent(agent, payload, envs.spec)
         ckpt.restore_replay(payload, replay)
@@ -311,21 +381,27 @@ def setup(cfg: Config, resume_from: str | None) -> Run:
             set_rng_state(payload["rng"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {payload['path']!r}: malformed RNG state ({e})") from None
-    logger = open_logger(cfg, payload, st)
-    text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
-    atomic_write(os.path.join(cfg.logdir, "config.json"), lambda f: f.write(text.encode()))
-    run = Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt)
+    agent.use_dist(d)
+    if d.is_main:
+        logger = open_logger(cfg, payload, st)
+        text = json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n"
+        atomic_write(os.path.join(cfg.logdir, "config.json"), lambda f: f.write(text.encode()))
+    else:
+        logger = _QuietLogger()
+    run = Run(cfg, device, st, agent, replay, envs, eval_envs, logger, ckpt, d)
     print_banner(run)
     return run
 
 
-def make_replay(cfg: Config) -> Replay:
-    """The run's replay: windows of ``batch_length + replay_context`` steps; with replay context the stored RSSM
-    latents (:data:`~dreamer_ext.agent.LATENT_KEYS`) are its mutable entries."""
+def make_replay(cfg: Config, d: Dist = SINGLE) -> Replay:
+    """The run's replay (data-parallel: this rank's shard, ``replay_capacity / world`` steps): windows of
+    ``batch_length + replay_context`` steps; with replay context the stored RSSM latents
+    (:data:`~dreamer_ext.agent.LATENT_KEYS`) are its mutable entries."""
     from .agent import LATENT_KEYS
 
-    return Replay(cfg.replay_capacity, cfg.batch_length + cfg.replay_context, chunk_size=REPLAY_CHUNK,
-                  online=cfg.replay_online, seed=cfg.seed, mutable=LATENT_KEYS if cfg.replay_context else ())
+    return Replay(cfg.replay_capacity // d.world, cfg.batch_length + cfg.replay_context, chunk_size=REPLAY_CHUNK,
+                  online=cfg.replay_online, seed=cfg.seed + _RANK_SEED_STRIDE * d.rank,
+                  mutable=LATENT_KEYS if cfg.replay_context else ())
 
 
 def print_banner(run: Run) -> None:
@@ -358,7 +434,7 @@ def act_and_send(run: Run, obs: dict, carry: dict) -> dict:
     if run.cfg.replay_context:
         step.update({k: v.numpy() for k, v in run.agent.latents(carry).items()})
     run.replay.add_batch(step)
-    run.st.step += run.cfg.num_envs
+    run.st.step += run.cfg.num_envs * run.dist.world  # env steps are global: summed over every rank's envs
     run.envs.step_async(action)
     return carry
 
@@ -374,7 +450,8 @@ def updates_due(run: Run) -> int:
     cfg, st = run.cfg, run.st
     B, T = cfg.batch_size, cfg.batch_length
     if not st.training:
-        if len(run.replay) < B * T or run.replay.num_windows() == 0:
+        ready = len(run.replay) >= B * T and run.replay.num_windows() > 0
+        if not run.dist.all_true(ready):  # data-parallel: every rank starts training at the same iteration
             return 0
         st.training, st.update_budget = True, 1.0
     else:
@@ -486,28 +563,35 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
     video_due, noted, last_return, last_batch = True, False, math.nan, None
     obs, carry = run.envs.reset(), run.agent.initial_carry(cfg.num_envs)
     seconds_base, t_start = st.train_seconds, time.time()
+    d = run.dist
     with tqdm(total=cfg.steps, initial=min(st.step, cfg.steps), unit="step", dynamic_ncols=True, file=sys.stderr,
-              mininterval=1.0 if sys.stderr.isatty() else 30.0,
+              mininterval=1.0 if sys.stderr.isatty() else 30.0, disable=not d.is_main,
               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") as bar:
         print(f"start: step {st.step} of {cfg.steps} (SIGTERM or Ctrl-C: checkpoint and stop)", flush=True)
-        while st.step < cfg.steps and stop.signum is None:
+        stopping = not d.all_true(stop.signum is None)  # a stop request during set-up: checkpoint at once
+        while st.step < cfg.steps and not stopping:
             t0 = time.perf_counter()
             carry = act_and_send(run, obs, carry)  # the envs step (in their workers, if any) during the updates
-            bar.update(cfg.num_envs)
+            bar.update(cfg.num_envs * d.world)
             t1, n_updates = time.perf_counter(), updates_due(run)
             for _ in range(n_updates):
                 last_batch = train_once(run, train_metrics)
             t2 = time.perf_counter()
             obs = run.envs.step_wait()
-            for _, ret, length in episodes.add(obs):
+            ended = [(ret, length) for _, ret, length in episodes.add(obs)]
+            stopping = stop.signum is not None
+            if d.active:  # every rank's finished episodes, and one stop decision for all
+                shared = d.gather_objects((ended, stopping))
+                ended, stopping = [e for part, _ in shared for e in part], any(flag for _, flag in shared)
+            for ret, length in ended:
                 st.episodes, last_return = st.episodes + 1, ret
                 run.logger.scalars(st.step, {"episode_return": ret, "episode_length": length})
                 train_returns.append(ret)
             projection.add(cfg.num_envs, time.perf_counter() - t0, n_updates, t2 - t1)
-            if media.due(st.step, when=run.image_key is not None and last_batch is not None):
+            if media.due(st.step, when=run.image_key is not None and last_batch is not None and d.is_main):
                 log_media(run, last_batch)
                 video_due = True  # the next evaluation records an episode
-            if evals.due(st.step):  # every due evaluation runs; it records a GIF only when one is due
+            if evals.due(st.step) and d.is_main:  # every due evaluation runs; it records a GIF only when one is due
                 recorded = evaluate(run, video_due, train_returns)[1]
                 video_due = video_due and not recorded
             if logs.due(st.step) or st.step >= cfg.steps:
@@ -516,7 +600,7 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
             st.train_seconds = seconds_base + time.time() - t_start
             if ckpts.due(st.step) and st.step < cfg.steps:  # last: all logged so far belongs to the saved state
                 run.save_checkpoint()
-    return stop.name
+    return stop.name or ("SIGTERM" if stopping else None)  # another rank's stop request stops this one too
 
 
 def finish(run: Run, stopped_by: str | None, t_start: float, step0: int, updates0: int) -> dict:
@@ -524,7 +608,7 @@ def finish(run: Run, stopped_by: str | None, t_start: float, step0: int, updates
     metrics are those of the evaluation at the final step, whether the loop's own or this one."""
     cfg, st = run.cfg, run.st
     eval_metrics = {}
-    if stopped_by is None and cfg.eval_every:
+    if stopped_by is None and cfg.eval_every and run.dist.is_main:
         if st.last_eval != st.step:
             eval_metrics, _ = evaluate(run, record=False)
         else:
@@ -552,17 +636,23 @@ def train(cfg: Config, resume_from: str | None = None) -> dict:
     summary. ``resume_from``: the checkpoint to continue from (default with ``cfg.resume``: the newest of
     ``cfg.logdir``). The stop handler is installed first, so a SIGTERM during set-up still ends in a checkpoint; the
     run directory is locked against a second process; the caller's ops backend is restored on return."""
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_StopRequest())
         try:
             stack.enter_context(ops.use_backend(cfg.backend))
         except (ImportError, ValueError) as e:
             raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-        cfg.logdir = cfg.logdir or default_logdir(cfg)
-        make_run_dir(cfg.logdir)
-        stack.callback(RunLock(cfg.logdir).release)
-        run = setup(cfg, resume_from)
+        d = from_env(device)  # torchrun: this process's rank in the data-parallel group
+        if d.active:
+            if device.type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            if not d.is_main:  # rank 0 prints and logs; the others are quiet (errors still reach stderr)
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        cfg.logdir = d.broadcast_object(cfg.logdir or default_logdir(cfg))
+        make_run_dir(rank_dir(cfg.logdir, d))
+        stack.callback(RunLock(rank_dir(cfg.logdir, d)).release)
+        run = setup(cfg, resume_from, d)
         stack.callback(run.close)
         t_start, step0, updates0 = time.time(), run.st.step, run.st.updates
         stopped_by = run_loop(run, stop)

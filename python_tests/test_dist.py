@@ -83,3 +83,78 @@ def test_single_process_is_untouched():
     SINGLE.average_([t])
     assert torch.equal(t, torch.arange(4.0)) and SINGLE.all_true(True) and not SINGLE.all_true(False)
     assert torch.equal(SINGLE.gather_cat(t), t)
+
+
+TINY_RUN = ["--env=CartPole-v1", "--preset=size1m", "--rssm.deter=32", "--rssm.hidden=16", "--rssm.stoch=4",
+            "--rssm.classes=4", "--rssm.blocks=4", "--encoder.mlp_units=16", "--decoder.mlp_units=16",
+            "--heads.units=16", "--actor.units=16", "--critic.units=16", "--batch_size=2", "--batch_length=8",
+            "--train_ratio=16", "--eval_every=0", "--tensorboard=false", "--device=cpu", "--log_every=100",
+            "--precision=fp32"]
+
+
+def torchrun_train(tmp_path, nproc, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "dreamer_ext.train",
+                           *TINY_RUN, f"--logdir={tmp_path / 'run'}", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_torchrun_training_counts_global_steps_checkpoints_shards_and_resumes(tmp_path):
+    import json
+    from dreamer_ext.checkpoint import list_checkpoints, load_checkpoint
+    p = torchrun_train(tmp_path, 2, "--steps=240", "--checkpoint_every=120")
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "run"
+    assert p.stdout.count("done: steps=240") == 1  # rank 0 prints, once; the steps are global
+    main = load_checkpoint(str(run))
+    assert main["step"] == 240 and main["dist"] == {"rank": 0, "world": 2}
+    assert main["train_state"]["step"] == 240
+    shard = load_checkpoint(str(run / "rank1"))
+    assert shard["step"] == 240 and shard["dist"]["rank"] == 1 and shard["agent"] == {}
+    assert [s for s, _ in list_checkpoints(str(run / "rank1"))] == [120, 240]  # keep 2 (+1 for a shard)
+    assert not (run / "rank1" / "metrics.jsonl").exists()
+    rows = [json.loads(l) for l in open(run / "metrics.jsonl")]
+    eps = [r for r in rows if "episode_return" in r]
+    assert len(eps) == main["train_state"]["episodes"] > 4  # both ranks' episodes, logged once by rank 0
+    # each rank's shard holds its own 120 env steps, with half the replay capacity
+    for ck in (main, shard):
+        assert ck["replay"]["state"]["inserted"] == 120
+        assert ck["replay"]["state"]["capacity"] == ck["config"]["replay_capacity"] // 2
+    # resume with the same world size continues to 360
+    p = torchrun_train(tmp_path, 2, "--steps=360", "--checkpoint_every=120", "--resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert load_checkpoint(str(run))["step"] == 360 and load_checkpoint(str(run / "rank1"))["step"] == 360
+    # another world size is refused with a clear error (dealing the shards out is not implemented)
+    p = torchrun_train(tmp_path, 1, "--steps=480", "--resume=true")
+    assert p.returncode != 0 and "written by 2 process(es)" in p.stderr
+
+
+def test_a_killed_rank_takes_the_job_down_and_resume_recovers(tmp_path):
+    import signal
+    import time
+    from dreamer_ext.checkpoint import list_checkpoints, load_checkpoint
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "dreamer_ext.train",
+                             *TINY_RUN, f"--logdir={run}", "--steps=100000", "--checkpoint_every=60"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list_checkpoints(str(run)):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.5)
+        assert list_checkpoints(str(run)), "no checkpoint within 240 s"
+        pid = int((run / "rank1" / ".lock").read_text())  # the rank-1 process holds its shard's lock
+        os.kill(pid, signal.SIGKILL)
+        rc = proc.wait(timeout=120)  # the whole job stops: no rank hangs in a collective
+        assert rc != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    last = list_checkpoints(str(run))[-1][0]
+    p = torchrun_train(tmp_path, 2, f"--steps={last + 60}", "--checkpoint_every=60", "--resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert load_checkpoint(str(run))["step"] == last + 60 == load_checkpoint(str(run / "rank1"))["step"]

@@ -15,6 +15,7 @@ from dreamer_ext.checkpoint import Checkpointer, CheckpointError
 from dreamer_ext.envs import make_env
 from dreamer_ext.loop import Mean, to_torch
 from dreamer_ext.replay import Replay
+from dreamer_ext.dist import SINGLE
 from dreamer_ext.train import TrainState, act_and_step, make_replay, train_once
 from tiny_agent_config import random_batch, tiny_config, vector_spec
 
@@ -175,7 +176,7 @@ def small_run(seed=0):
     envs = make_env("CartPole-v1", seed, 1)
     agent = Agent(cfg, envs.spec)
     return types.SimpleNamespace(cfg=cfg, device=agent.device, agent=agent, replay=make_replay(cfg), envs=envs,
-                                 st=TrainState())
+                                 dist=SINGLE, st=TrainState())
 
 
 def test_acting_stores_the_posterior_of_each_step_and_updates_rewrite_them():
