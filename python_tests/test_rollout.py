@@ -59,13 +59,19 @@ CASES = [
 def test_kernel_matches_the_pytorch_twin(case, n, bf16):
     kw = dict(CASES[case])
     agent, W = model(discrete=kw.pop("discrete", True), act_dim=kw.pop("act_dim", 3), **kw)
-    (h, z, a), (hr, zr, ar) = both_backends(W, starts(agent.wm.rssm, n), 6, seed=1234 + n, bf16=bf16)
-    assert h.shape == (7, n, agent.wm.rssm.deter) and z.dtype == torch.int32 and a.shape[:2] == (6, n)
-    # fp32: the tiny model rounds the same way everywhere here, so identical samples and states within float32
-    # rounding. bf16: a different float32 summation order can move a matmul input by one bf16 step (2^-8
-    # relative) before it is rounded, so states agree to ~1e-3 and a sample may rarely flip.
+    out, ref = both_backends(W, starts(agent.wm.rssm, n), 6, seed=1234 + n, bf16=bf16)
+    assert out[0].shape == (7, n, agent.wm.rssm.deter) and out[1].dtype == torch.int32 and out[2].shape[:2] == (6, n)
+    assert_agrees_with_twin(out, ref, bf16, bf16_agreement=0.999)
+
+
+def assert_agrees_with_twin(out, ref, bf16, bf16_agreement):
+    """A tiny model's rollout ``(h, z, a)`` against its PyTorch twin's. fp32: the tiny model rounds the same way
+    everywhere, so identical samples and states within float32 rounding. bf16: a different float32 summation order
+    can move a matmul input by one bf16 step (2^-8 relative) before it is rounded, so states agree to ~1e-3 and a
+    sample may rarely flip (at least ``bf16_agreement`` of the samples agree; rows with a flip are left out)."""
+    (h, z, a), (hr, zr, ar) = out, ref
     if bf16:
-        assert (z == zr).float().mean() >= 0.999
+        assert (z == zr).float().mean() >= bf16_agreement
         rows = (z == zr).all(-1).all(0)
         h, hr, a, ar = h[:, rows], hr[:, rows], a[:, rows], ar[:, rows]
     else:
@@ -254,12 +260,18 @@ def test_acting_step_matches_the_pytorch_twin(case, sample, bf16):
     W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
     n = 37
     args = (*act_inputs(agent, n), W.get(bf16), W.dims(n, 1, bf16), W.floats(), 99, sample)
-    h, z, a = ops.act(*args)
+    out = ops.act(*args)
     with ops.use_backend("reference"):
-        hr, zr, ar = ops.act(*args)
-    tol = 1e-3 if bf16 else 2e-6
+        ref = ops.act(*args)
+    assert_acting_agrees(out, ref, tol=1e-3 if bf16 else 2e-6, agreement=0.99 if bf16 else 1.0)
+
+
+def assert_acting_agrees(out, ref, tol, agreement):
+    """An acting step ``(h', z', a)`` against its twin's: states within ``tol``, at least ``agreement`` of the latent
+    samples equal, and the actions of the rows whose latents agree within ``2 tol`` (erfinv approximations)."""
+    (h, z, a), (hr, zr, ar) = out, ref
     torch.testing.assert_close(h, hr, atol=tol, rtol=0)
-    assert (z == zr).float().mean() >= (0.99 if bf16 else 1.0)
+    assert (z == zr).float().mean() >= agreement
     rows = (z == zr).all(-1)
     torch.testing.assert_close(a[rows], ar[rows], atol=2 * tol + 3e-6, rtol=0)
 

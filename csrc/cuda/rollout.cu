@@ -341,13 +341,23 @@ __device__ void latent_step(const RolloutParams& p, const Work& w, int R, int64_
   __syncthreads();
 }
 
+// The block's tiles (grid-stride): first row b0 and rows R of each.
+struct Tiles {
+  int64_t n, tile;
+  __device__ explicit Tiles(int64_t n_) : n(n_), tile(blockIdx.x) {}
+  __device__ bool more() const { return tile * kTile < n; }
+  __device__ void next() { tile += gridDim.x; }
+  __device__ int64_t b0() const { return tile * kTile; }
+  __device__ int rows() const { return int(n - b0() < kTile ? n - b0() : kTile); }
+};
+
 __global__ void rollout_kernel(RolloutParams p) {
   const Work w = work_of(p, false);
   const int D = p.deter, S = p.stoch, A = p.act_dim;
-  const int64_t N = p.n, tiles = (N + kTile - 1) / kTile;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t b0 = tile * kTile;
-    const int R = int(N - b0 < kTile ? N - b0 : kTile);
+  const int64_t N = p.n;
+  for (Tiles t_(N); t_.more(); t_.next()) {
+    const int64_t b0 = t_.b0();
+    const int R = t_.rows();
     for (int64_t i = threadIdx.x; i < int64_t(R) * D; i += blockDim.x) p.h_out[b0 * D + i] = p.h0[b0 * D + i];
     for (int64_t i = threadIdx.x; i < int64_t(R) * S; i += blockDim.x) p.z_out[b0 * S + i] = p.z0[b0 * S + i];
     __syncthreads();
@@ -367,10 +377,9 @@ __global__ void rollout_kernel(RolloutParams p) {
 __global__ void act_kernel(RolloutParams p, ActParams q) {
   const Work w = work_of(p, true);
   const int D = p.deter, S = p.stoch, A = p.act_dim;
-  const int64_t N = p.n, tiles = (N + kTile - 1) / kTile;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t b0 = tile * kTile;
-    const int R = int(N - b0 < kTile ? N - b0 : kTile);
+  for (Tiles t_(p.n); t_.more(); t_.next()) {
+    const int64_t b0 = t_.b0();
+    const int R = t_.rows();
     // the carry, reset to zeros (no latent, no action) where is_first
     for (int64_t i = threadIdx.x; i < int64_t(R) * D; i += blockDim.x)
       w.ch[i] = q.is_first[b0 + i / D] ? 0.0f : p.h0[b0 * D + i];
