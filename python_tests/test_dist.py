@@ -110,6 +110,10 @@ def test_torchrun_training_counts_global_steps_checkpoints_shards_and_resumes(tm
     main = load_checkpoint(str(run))
     assert main["step"] == 240 and main["dist"] == {"rank": 0, "world": 2}
     assert main["train_state"]["step"] == 240
+    # the train ratio is global: replayed steps (updates x batch 2 x length 8 x 2 ranks) = 16 x the env steps after
+    # the first batch's worth was stored (16 steps per rank, 32 in all)
+    replayed = main["train_state"]["updates"] * 2 * 8 * 2
+    assert abs(replayed - 16 * (240 - 32)) <= 2 * 8 * 2
     shard = load_checkpoint(str(run / "rank1"))
     assert shard["step"] == 240 and shard["dist"]["rank"] == 1 and shard["agent"] == {}
     assert [s for s, _ in list_checkpoints(str(run / "rank1"))] == [120, 240]  # keep 2 (+1 for a shard)
