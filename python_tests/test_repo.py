@@ -155,3 +155,10 @@ def test_repo_is_an_objective_module():
     agent, _ = repo_agent()
     assert isinstance(agent.wm.objective, RepoObjective)
     assert math.exp(log_beta(agent)) == pytest.approx(1e-3, rel=1e-6)  # the default init survives the model init
+
+
+def test_the_probes_pixel_sum_loss_raises_no_alarm(capsys):
+    agent, _ = repo_agent(spec=image_vector_spec(), eps=3.0)  # an image probe's loss is in the thousands at first
+    m = agent.train_step(random_batch(image_vector_spec()))
+    assert m["loss/probe"] > 1e3 and m["loss/total"] > 1e3
+    assert m["repo/alarms"] == 0 and "warning: repo" not in capsys.readouterr().err
