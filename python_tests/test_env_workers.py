@@ -97,3 +97,12 @@ def test_env_workers_option_is_checked():
     from dreamer_ext import cli
     with pytest.raises(cli.CLIError, match="--env_workers"):
         cli.parse(["--num_envs=2", "--env_workers=1"])
+
+
+def test_a_killed_worker_process_is_an_error_not_a_hang():
+    env = make_env("CartPole-v1", seed=0, num_envs=2, asynchronous=True)
+    env.reset()
+    env._envs.processes[1].kill()
+    env._envs.processes[1].join()
+    with pytest.raises(RuntimeError, match="env worker"):
+        env.step(np.eye(2, dtype=np.float32)[[0, 1]])

@@ -79,6 +79,9 @@ def _build(env_id, seed, size, noise_std, blackout_prob, distractor, role, env_k
     return make_single_env(env_id, seed, size, noise_std, blackout_prob, distractor, role, **env_kwargs)
 
 
+_DEAD_WORKER = (EOFError, BrokenPipeError, ConnectionResetError)  # a worker process that is gone
+
+
 class VecEnv:
     """``num_envs`` adapted environments stepped together (gymnasium Sync/AsyncVectorEnv, next-step autoreset).
 
@@ -126,7 +129,10 @@ class VecEnv:
         if action.shape != (self.num_envs, self.spec.act_dim):
             raise ValueError(f"action: expected shape ({self.num_envs}, {self.spec.act_dim}), got {action.shape}")
         if self.asynchronous:
-            self._envs.step_async(action)
+            try:
+                self._envs.step_async(action)
+            except _DEAD_WORKER as e:
+                raise self._worker_died(e) from None
         self._pending = action
 
     def step_wait(self) -> dict[str, np.ndarray]:
@@ -140,9 +146,8 @@ class VecEnv:
         else:
             try:
                 obs, reward, terminated, truncated, _ = self._envs.step_wait()
-            except (EOFError, BrokenPipeError, ConnectionResetError) as e:
-                raise RuntimeError(f"env worker: a worker process of {self.spec} died ({type(e).__name__}); "
-                                   f"see its error above") from None
+            except _DEAD_WORKER as e:
+                raise self._worker_died(e) from None
             except Exception as e:  # gymnasium re-raises the worker's own exception type here
                 raise RuntimeError(f"env worker: {type(e).__name__}: {e}") from e
         is_first = self._done.copy()  # these envs were just reset by the vector env (their action was ignored)
@@ -151,6 +156,10 @@ class VecEnv:
         is_last = (terminated | np.asarray(truncated, bool)) & ~is_first
         self._done = is_last.copy()
         return self._pack(obs, reward, is_first, is_last, terminated)
+
+    def _worker_died(self, e: Exception) -> RuntimeError:
+        return RuntimeError(f"env worker: a worker process of {self.spec} died ({type(e).__name__}); see its error "
+                            f"above")
 
     @staticmethod
     def _pack(obs, reward, is_first, is_last, is_terminal) -> dict[str, np.ndarray]:
