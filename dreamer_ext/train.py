@@ -49,7 +49,8 @@ import torch
 
 from . import cli, ops
 from .agent import resolve_device
-from .checkpoint import CKPT_DIR as CKPT_SUBDIR, Checkpointer, CheckpointError, RunLock, atomic_write, checkpoint_config, list_checkpoints, \
+from .checkpoint import CKPT_DIR as CKPT_SUBDIR
+from .checkpoint import Checkpointer, CheckpointError, RunLock, atomic_write, checkpoint_config, list_checkpoints, \
     load_checkpoint, restore_agent, rng_state, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .dist import SINGLE, Dist, from_env
@@ -276,33 +277,31 @@ def rank_dir(logdir: str, d: Dist) -> str:
 
 def load_resume(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> tuple[dict | None, TrainState]:
     """The checkpoint payload to continue from (None for a fresh run) and the loop counters. A directory that holds
-    checkpoints is only continued with ``--resume``. Data-parallel: rank 0 picks the main checkpoint, which must name
-    the same world size; every rank then reads the model and optimiser from it and its own shard (replay, RNG,
-    counters) of the same step from ``<logdir>/rank<r>``."""
-    if d.active:
-        main = _load_main(cfg, resume_from) if d.is_main else None
-        step = d.broadcast_object(None if main is None else (main["step"], main.get("dist", {}).get("world", 1)))
-        if step is None:
-            return None, TrainState()
-        step, world = step
-        _check_world(world, d, step, cfg.logdir)
-        if main is None:
-            main = load_checkpoint(os.path.join(cfg.logdir, CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
-        if d.is_main:
-            payload = main
-        else:
-            payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
-            payload["agent"] = main["agent"]
-        st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
-        st.resumes += 1
-        return payload, st
-    payload = _load_main(cfg, resume_from)
+    checkpoints is only continued with ``--resume``. Data-parallel: see :func:`_load_shard`."""
+    payload = _load_shard(cfg, resume_from, d) if d.active else _load_main(cfg, resume_from)
     if payload is None:
         return None, TrainState()
     _check_world(payload.get("dist", {}).get("world", 1), d, payload["step"], cfg.logdir)
     st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
     st.resumes += 1
     return payload, st
+
+
+def _load_shard(cfg: Config, resume_from: str | None, d: Dist) -> dict | None:
+    """Rank 0 picks the main checkpoint, which must name the same world size; every rank then takes the model and
+    optimiser from it and its own shard (replay, RNG, counters) of the same step from ``<logdir>/rank<r>``."""
+    main = _load_main(cfg, resume_from) if d.is_main else None
+    picked = d.broadcast_object(None if main is None else (main["step"], main.get("dist", {}).get("world", 1)))
+    if picked is None:
+        return None
+    step, world = picked
+    _check_world(world, d, step, cfg.logdir)  # on every rank, before a shard that may not exist is read
+    if d.is_main:
+        return main
+    main = load_checkpoint(os.path.join(cfg.logdir, CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
+    payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
+    payload["agent"] = main["agent"]
+    return payload
 
 
 def _check_world(world: int, d: Dist, step: int, logdir: str) -> None:
@@ -586,8 +585,9 @@ def run_loop(run: Run, stop: _StopRequest) -> str | None:
             for ret, length in ended:
                 st.episodes, last_return = st.episodes + 1, ret
                 run.logger.scalars(st.step, {"episode_return": ret, "episode_length": length})
-                train_returns.append(ret)
-            projection.add(cfg.num_envs, time.perf_counter() - t0, n_updates, t2 - t1)
+                if d.is_main:  # for the next evaluation's line, which only rank 0 prints
+                    train_returns.append(ret)
+            projection.add(cfg.num_envs * d.world, time.perf_counter() - t0, n_updates, t2 - t1)
             if media.due(st.step, when=run.image_key is not None and last_batch is not None and d.is_main):
                 log_media(run, last_batch)
                 video_due = True  # the next evaluation records an episode
