@@ -309,7 +309,7 @@ class Agent(nn.Module):
         allow = bool(torch.isfinite(loss.detach()))
         if self.dist.active:  # every rank applies the same mean gradient, or every rank skips
             self.dist.average_([p.grad for p in self.parameters() if p.grad is not None])
-            allow = self.dist.all_true(allow, self.device)
+            allow = self.dist.all_true(allow)
         opt_metrics = self.opt.step(allow=allow)
         metrics.update(opt_metrics)
         ok = bool(opt_metrics["opt/skipped"] == 0)

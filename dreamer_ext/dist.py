@@ -20,10 +20,11 @@ __all__ = ["Dist", "SINGLE", "from_env"]
 class Dist:
     """This process's place in the data-parallel group: ``rank`` of ``world`` (a single process: 0 of 1)."""
 
-    def __init__(self, rank: int = 0, world: int = 1):
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank/world: expected 0 <= rank < world, got {rank}/{world}")
         self.rank, self.world = rank, world
+        self.device = torch.device(device)  # where collectives put their small tensors (NCCL: this rank's GPU)
 
     @property
     def is_main(self) -> bool:
@@ -52,18 +53,18 @@ class Dist:
             i += n
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
-        """The mean of ``t`` over the ranks (a new tensor)."""
+        """The mean of ``t`` over the ranks (a new tensor on ``t``'s device)."""
         if not self.active:
             return t
-        out = t.detach().clone().float()
+        out = t.detach().to(self.device, torch.float32, copy=True)
         dist.all_reduce(out)
-        return out.div_(self.world).to(t.dtype)
+        return out.div_(self.world).to(t.device, t.dtype)
 
-    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+    def all_true(self, flag: bool) -> bool:
         """True only when ``flag`` is True on every rank."""
         if not self.active:
             return bool(flag)
-        t = torch.tensor([0.0 if flag else 1.0], device=device)
+        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
         dist.all_reduce(t)
         return bool(t.item() == 0.0)
 
@@ -116,6 +117,10 @@ def from_env(device: torch.device) -> Dist:
     rank = int(os.environ.get("RANK", "-1"))
     if not 0 <= rank < world:
         raise ValueError(f"RANK: expected 0 <= RANK < WORLD_SIZE={world}, got {os.environ.get('RANK')!r}")
+    comm = torch.device("cpu")
+    if device.type == "cuda":  # this rank's GPU (torchrun's LOCAL_RANK) becomes the current device
+        comm = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(comm)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world)
+    return Dist(rank, world, comm)

@@ -643,12 +643,9 @@ def train(cfg: Config, resume_from: str | None = None) -> dict:
             stack.enter_context(ops.use_backend(cfg.backend))
         except (ImportError, ValueError) as e:
             raise cli.CLIError(f"--backend={cfg.backend}: {e}") from None
-        d = from_env(device)  # torchrun: this process's rank in the data-parallel group
-        if d.active:
-            if device.type == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            if not d.is_main:  # rank 0 prints and logs; the others are quiet (errors still reach stderr)
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        d = from_env(device)  # torchrun: this process's rank in the data-parallel group (and its GPU)
+        if not d.is_main:  # rank 0 prints and logs; the others are quiet (errors still reach stderr)
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         cfg.logdir = d.broadcast_object(cfg.logdir or default_logdir(cfg))
         make_run_dir(rank_dir(cfg.logdir, d))
         stack.callback(RunLock(rank_dir(cfg.logdir, d)).release)
