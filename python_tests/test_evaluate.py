@@ -398,3 +398,13 @@ def test_eval_options_validate():
                          (dict(checkpoint="x", backend="fast"), "backend")):
         with pytest.raises(ValueError, match=name):
             EvalOptions(**kwargs).validate()
+
+
+def test_eval_distractor_is_checked_and_named(run_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([f"--checkpoint={run_dir}", "--eval_distractor=fog:3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--eval_distractor" in err and "gauss:SIGMA" in err
+    # a pixel distractor on a vector-observation run is a one-line run-time error naming the option
+    rc, _, err = run_main(capsys, f"--checkpoint={run_dir}", "--eval_distractor=gauss:10", "--device=cpu")
+    assert rc == 1 and err.strip().count("\n") == 0 and "--eval_distractor=gauss:10" in err and "image" in err
