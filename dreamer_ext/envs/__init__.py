@@ -220,7 +220,6 @@ def make_env(
     if not (0.0 <= blackout_prob <= 1.0):
         raise ValueError(f"blackout_prob: must be in [0, 1], got {blackout_prob}")
     # Build one env here to validate the spaces and read the spec (errors surface in this process, not a worker).
-    parse_distractor(distractor)
     probe = make_single_env(env_id, seed, size, noise_std, blackout_prob, distractor, role, **env_kwargs)
     spec = env_spec(probe)
     fns = [

@@ -20,24 +20,17 @@ class DreamerObjective(Objective):
     terms = ("rec", "rew", "con", "dyn", "rep")
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config)
         self.free_bits = float(config.loss.free_bits)
-        self.cont_scale = float(config.imag.gamma) if config.imag.contdisc else 1.0
 
     def forward(self, wm, data: dict, post: dict) -> tuple[dict, dict]:
         """``post``: ``feat [B,T,F]``, ``post_logits``/``prior_logits [B,T,S,C]``. Returns (terms, metrics)."""
         feat = post["feat"]
         metrics: dict[str, torch.Tensor] = {}
-        rec = torch.zeros_like(feat[..., 0])
-        for key, dist in wm.decode(feat).items():
-            l = dist.loss(data[key])
-            metrics[f"loss/rec_{key}"] = l.detach().mean()
-            rec = rec + l
         dyn, rep = wm.rssm.kl(post["post_logits"], post["prior_logits"])
         terms = {
-            "rec": rec,
-            "rew": wm.reward(feat).loss(data["reward"]),
-            "con": wm.cont(feat).loss((1.0 - data["is_terminal"].float()) * self.cont_scale),
+            "rec": self.decoder_loss(wm, data, feat, metrics, "rec"),
+            **self.reward_and_continue(wm, data, feat),
             "dyn": torch.clamp(dyn, min=self.free_bits),
             "rep": torch.clamp(rep, min=self.free_bits),
         }

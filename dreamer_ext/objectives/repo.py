@@ -44,12 +44,11 @@ class RepoObjective(Objective):
     terms = ("rew", "con", "kl", "probe")
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config)
         rc = config.repo
         self.eps, self.alpha = float(rc.eps), float(rc.alpha)
         self.log_min, self.log_max = math.log(rc.beta_min), math.log(rc.beta_max)
         self.beta_lr, self.probe_lr, self.ema_decay = float(rc.beta_lr), float(rc.probe_lr), float(rc.kl_ema)
-        self.cont_scale = float(config.imag.gamma) if config.imag.contdisc else 1.0
         self.log_beta = nn.Parameter(torch.tensor(math.log(rc.beta_init), dtype=torch.float32))
         self.register_buffer("kl_ema", torch.tensor(float("nan")))
         self.beta_opt = torch.optim.Adam([self.log_beta], lr=self.beta_lr)
@@ -72,17 +71,11 @@ class RepoObjective(Objective):
         feat = post["feat"]
         dyn, rep = wm.rssm.kl(post["post_logits"], post["prior_logits"])  # fp32, nats per step, [B, T]
         kl_bal = self.alpha * dyn + (1.0 - self.alpha) * rep
-        probe = torch.zeros_like(feat[..., 0])
         metrics: dict[str, torch.Tensor] = {}
-        for key, dist in wm.decode(feat.detach()).items():
-            l = dist.loss(data[key])
-            metrics[f"loss/probe_{key}"] = l.detach().mean()
-            probe = probe + l
         terms = {
-            "rew": wm.reward(feat).loss(data["reward"]),
-            "con": wm.cont(feat).loss((1.0 - data["is_terminal"].float()) * self.cont_scale),
+            **self.reward_and_continue(wm, data, feat),
             "kl": self.beta.to(kl_bal.device) * (kl_bal - self.eps),
-            "probe": probe,
+            "probe": self.decoder_loss(wm, data, feat.detach(), metrics, "probe"),
         }
         with torch.no_grad():
             kl_mean = kl_bal.detach().mean()
@@ -147,12 +140,12 @@ class RepoObjective(Objective):
 
     def _alarms(self, metrics: dict, ok: bool, dual_ok: bool) -> None:
         found = []
-        for k, v in metrics.items():
-            # the probe's loss (a sum over pixels, like any reconstruction loss) never reaches the model: neither it nor
-            # the table's total, which includes it, is alarmed
-            if not k.startswith("loss/") or k.startswith("loss/probe") or k == "loss/total":
-                continue
-            x = float(v)
+        # the probe's loss (a sum over pixels, like any reconstruction loss) never reaches the model: neither it nor the
+        # table's total, which includes it, is alarmed
+        keys = [k for k in metrics if k.startswith("loss/") and not k.startswith("loss/probe") and k != "loss/total"]
+        values = torch.stack([torch.as_tensor(metrics[k]).detach().float().cpu().reshape(()) for k in keys]).tolist() \
+            if keys else []  # one device sync for all terms
+        for k, x in zip(keys, values):
             if not math.isfinite(x):
                 found.append(("nonfinite", f"{k} is {x}"))
             elif abs(x) > ALARM_TERM:
