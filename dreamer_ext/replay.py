@@ -167,6 +167,15 @@ class Replay:
         self.next_uid += 1
         return chunk
 
+    def shrink_to_capacity(self) -> int:
+        """Evict the oldest steps until at most ``capacity`` are stored (after a load that brought more, e.g. a replay
+        dealt out to fewer processes); returns how many were evicted."""
+        n = 0
+        while self.size > self.capacity:
+            self._evict_one()
+            n += 1
+        return n
+
     def _evict_one(self) -> None:
         oldest, victim = None, None
         for stream in self.streams.values():

@@ -277,38 +277,54 @@ def rank_dir(logdir: str, d: Dist) -> str:
 
 def load_resume(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> tuple[dict | None, TrainState]:
     """The checkpoint payload to continue from (None for a fresh run) and the loop counters. A directory that holds
-    checkpoints is only continued with ``--resume``. Data-parallel: see :func:`_load_shard`."""
+    checkpoints is only continued with ``--resume``. Data-parallel: see :func:`_load_shard`. A checkpoint written by
+    another number of processes comes back with ``payload["reshard"]`` = the directories of its shards (rank order),
+    whose replays :func:`setup` deals out (:mod:`dreamer_ext.reshard`)."""
     payload = _load_shard(cfg, resume_from, d) if d.active else _load_main(cfg, resume_from)
     if payload is None:
         return None, TrainState()
-    _check_world(payload.get("dist", {}).get("world", 1), d, payload["step"], cfg.logdir)
+    world = payload.get("dist", {}).get("world", 1)
+    if world != d.world:
+        payload["reshard"] = [rank_dir(cfg.logdir, Dist(r, world)) for r in range(world)]
     st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
     st.resumes += 1
     return payload, st
 
 
 def _load_shard(cfg: Config, resume_from: str | None, d: Dist) -> dict | None:
-    """Rank 0 picks the main checkpoint, which must name the same world size; every rank then takes the model and
-    optimiser from it and its own shard (replay, RNG, counters) of the same step from ``<logdir>/rank<r>``."""
+    """Rank 0 picks the main checkpoint; every rank then takes the model and optimiser from it and, when it names the
+    same world size, its own shard (replay, RNG, counters) of the same step from ``<logdir>/rank<r>``."""
     main = _load_main(cfg, resume_from) if d.is_main else None
-    picked = d.broadcast_object(None if main is None else (main["step"], main.get("dist", {}).get("world", 1)))
+    picked = d.broadcast_object(None if main is None else (main["path"], main.get("dist", {}).get("world", 1)))
     if picked is None:
         return None
-    step, world = picked
-    _check_world(world, d, step, cfg.logdir)  # on every rank, before a shard that may not exist is read
+    path, world = picked
     if d.is_main:
         return main
-    main = load_checkpoint(os.path.join(cfg.logdir, CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
-    payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, f"ckpt-{step:012d}.pt"))
+    main = load_checkpoint(path)
+    if world != d.world:
+        return main  # the replay is dealt out from every old shard (setup)
+    payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, os.path.basename(path)))
     payload["agent"] = main["agent"]
     return payload
 
 
-def _check_world(world: int, d: Dist, step: int, logdir: str) -> None:
-    if world != d.world:
-        raise CheckpointError(f"--resume: the checkpoint at step {step} in {logdir} was written by {world} "
-                              f"process(es); resume it with the same number (this run has {d.world}); dealing the "
-                              f"replay shards out to another world size is not implemented yet")
+def _deal_replay(cfg: Config, payload: dict, d: Dist, replay: Replay) -> None:
+    """Resume with another number of processes: this rank's share of every old shard's replay (one message on rank 0).
+    """
+    from .reshard import deal_replay
+
+    name = os.path.basename(payload["path"])
+    shards = []
+    for r, directory in enumerate(payload["reshard"]):
+        shard = payload if r == 0 else load_checkpoint(os.path.join(directory, CKPT_SUBDIR, name), mmap=True)
+        shards.append((directory, shard))
+    info = deal_replay(shards, d.rank, d.world, cfg.num_envs, replay, rank_dir(cfg.logdir, d),
+                       seed=cfg.seed + _RANK_SEED_STRIDE * d.rank + payload["step"])
+    if d.is_main:
+        print(f"resume: the checkpoint was written by {len(shards)} process(es), this run has {d.world}: its replay "
+              f"({info['steps']:,} steps in {info['pieces']} stream pieces) is dealt out; rank 0 holds "
+              f"{info['my_steps']:,} steps in {info['mine']} pieces (the next checkpoint writes them again)", flush=True)
 
 
 def _load_main(cfg: Config, resume_from: str | None) -> dict | None:
@@ -375,11 +391,15 @@ def setup(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> Run:
     ckpt = Checkpointer(rank_dir(cfg.logdir, d), keep=cfg.checkpoint_keep + (0 if d.is_main else 1))
     if payload is not None:
         restore_agent(agent, payload, envs.spec)
-        ckpt.restore_replay(payload, replay)
-        try:
-            set_rng_state(payload["rng"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise CheckpointError(f"checkpoint {payload['path']!r}: malformed RNG state ({e})") from None
+        if "reshard" in payload:  # another world size: deal the replay out and seed the RNGs afresh
+            _deal_replay(cfg, payload, d, replay)
+            seed_everything(cfg.seed + _RANK_SEED_STRIDE * d.rank + _ENV_SEED_STRIDE * st.resumes)
+        else:
+            ckpt.restore_replay(payload, replay)
+            try:
+                set_rng_state(payload["rng"])
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {payload['path']!r}: malformed RNG state ({e})") from None
     agent.use_dist(d)
     if d.is_main:
         logger = open_logger(cfg, payload, st)

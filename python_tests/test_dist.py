@@ -129,9 +129,24 @@ def test_torchrun_training_counts_global_steps_checkpoints_shards_and_resumes(tm
     p = torchrun_train(tmp_path, 2, "--steps=360", "--checkpoint_every=120", "--resume=true")
     assert p.returncode == 0, p.stderr[-3000:]
     assert load_checkpoint(str(run))["step"] == 360 and load_checkpoint(str(run / "rank1"))["step"] == 360
-    # another world size is refused with a clear error (dealing the shards out is not implemented)
-    p = torchrun_train(tmp_path, 1, "--steps=480", "--resume=true")
-    assert p.returncode != 0 and "written by 2 process(es)" in p.stderr
+    # another world size: 2 -> 1 deals both shards' replays to the one process, which continues to 480
+    before = sum(load_checkpoint(str(d))["replay"]["state"]["size"] for d in (run, run / "rank1"))
+    p = torchrun_train(tmp_path, 1, "--steps=480", "--checkpoint_every=120", "--resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "written by 2 process(es), this run has 1" in p.stdout
+    one = load_checkpoint(str(run))
+    assert one["step"] == 480 and one["dist"] == {"rank": 0, "world": 1}
+    # nothing was lost: every stored step of both shards plus the 120 new ones (the capacity is not reached)
+    assert one["replay"]["state"]["size"] == before + 120
+    assert len(one["replay"]["state"]["streams"]) == 2 * 1 + 1  # both old streams, retired, and the live env's
+    # and 1 -> 2 splits it again: each rank gets a share and both continue to 600
+    p = torchrun_train(tmp_path, 2, "--steps=600", "--checkpoint_every=120", "--resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "written by 1 process(es), this run has 2" in p.stdout
+    main, shard = load_checkpoint(str(run)), load_checkpoint(str(run / "rank1"))
+    assert main["step"] == shard["step"] == 600 and main["dist"]["world"] == 2
+    sizes = [ck["replay"]["state"]["size"] - 60 for ck in (main, shard)]  # less each rank's 60 new steps
+    assert sum(sizes) == before + 120 and min(sizes) > 0
 
 
 def test_a_killed_rank_takes_the_job_down_and_resume_recovers(tmp_path):
