@@ -258,11 +258,14 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
      py::arg("device"), nogil);
 
   // ---- the fused imagination rollout and acting step ----
-  m.def("rollout", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
-                      uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out, uintptr_t a_out, uintptr_t work,
-                      bool cuda, int nthreads, uintptr_t stream, int device) {
+  m.def("rollout", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, uint32_t row0,
+                      std::vector<uintptr_t> w, uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out,
+                      uintptr_t a_out, uintptr_t work, bool cuda, int nthreads, uintptr_t stream, int device) {
     const Exec e = exec_of(cuda, nthreads, stream, device);
     dx::RolloutParams p = rollout_params(dims, fl, seed, w, h0, z0, h_out, z_out, a_out);
+    if (uint64_t(row0) + uint64_t(p.n) > (uint64_t(1) << 32))
+      throw std::invalid_argument("rollout: row0 + n must be <= 2^32 (Philox rows are 32-bit)");
+    p.rng_row0 = row0;
     p.work = ptr<float>(work);
     py::gil_scoped_release nogil_;
 #if defined(DX_WITH_CUDA)
@@ -271,10 +274,10 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     if (cuda) no_cuda();
 #endif
     dx::cpu::rollout_fwd(p, e);
-  }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h0"), py::arg("z0"),
-     py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("work"), py::arg("cuda"), py::arg("nthreads"),
-     py::arg("stream"), py::arg("device"),
-     "Fused rollout. dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
+  }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("row0"), py::arg("weights"), py::arg("h0"),
+     py::arg("z0"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("work"), py::arg("cuda"),
+     py::arg("nthreads"), py::arg("stream"), py::arg("device"),
+     "Fused rollout (start state r draws the Philox row row0 + r). dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
      "actor_units, dyn_layers, prior_layers, bf16]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
      "pointers in the order of dreamer_ext.ops.rollout_weight_names; work: the CUDA workspace (rollout_work_floats "
      "floats on the device; CPU calls pass 0).");
@@ -330,17 +333,18 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     return std::array<uint32_t, 4>{r.x, r.y, r.z, r.w};
   }, py::arg("counter"), py::arg("key"), "One Philox4x32-10 block: 4 counter words, 2 key words -> 4 words.");
   m.def("philox_uniform", [](uint64_t seed, int64_t steps, int64_t rows, int64_t count, uint32_t stream,
-                             uint32_t step0, uintptr_t out) {
-    if (steps < 0 || rows < 0 || count < 0 || rows > (int64_t(1) << 32) || count > (int64_t(1) << 34))
-      throw std::invalid_argument("philox_uniform: steps, rows, count must be >= 0 (rows < 2^32)");
+                             uint32_t step0, uintptr_t out, uint32_t row0) {
+    if (steps < 0 || rows < 0 || count < 0 || int64_t(row0) + rows > (int64_t(1) << 32) || count > (int64_t(1) << 34))
+      throw std::invalid_argument("philox_uniform: steps, rows, count must be >= 0 (row0 + rows <= 2^32)");
     float* o = ptr<float>(out);
     for (int64_t s = 0; s < steps; ++s)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < count; ++i)
-          *o++ = dx::rollout_uniform(seed, uint32_t(r), step0 + uint32_t(s), stream, uint32_t(i));
+          *o++ = dx::rollout_uniform(seed, row0 + uint32_t(r), step0 + uint32_t(s), stream, uint32_t(i));
   }, py::arg("seed"), py::arg("steps"), py::arg("rows"), py::arg("count"), py::arg("stream"), py::arg("step0"),
-     py::arg("out"), nogil,
-     "out[s, r, i] = the rollout's uniform i of (row r, step step0 + s, stream) under seed (float32 [steps, rows, count]).");
+     py::arg("out"), py::arg("row0") = 0, nogil,
+     "out[s, r, i] = the rollout's uniform i of (row row0 + r, step step0 + s, stream) under seed (float32 "
+     "[steps, rows, count]).");
 
   m.def("sample_index", [](uintptr_t probs, uintptr_t uniform, uintptr_t out, int64_t n, int64_t K) {
     if (n < 0 || K < 1 || K > (int64_t(1) << 30)) throw std::invalid_argument("sample_index: need n >= 0 and K >= 1");

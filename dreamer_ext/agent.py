@@ -25,12 +25,14 @@ from .envs.spec import EnvSpec
 from .dist import SINGLE, Dist
 from .fused_rollout import RolloutWeights, draw_seed, fused_act, rollout_uniforms
 from .losses import total_loss
+from .nets import float_dtype
 from .optim import Optimizer
 from .world_model import WorldModel
 
 __all__ = ["Agent", "resolve_device", "LATENT_KEYS"]
 
 LATENT_KEYS = ("latent_h", "latent_z")  # the replay's mutable entries (replay context)
+POSTERIOR_STREAM = 2  # the Philox stream of the training posteriors' samples (the rollout uses 0 and 1)
 
 
 def cpu_has_bf16_instructions() -> bool:
@@ -261,8 +263,8 @@ class Agent(nn.Module):
                 raise ValueError(f"batch[{k!r}]: leading dims {tuple(data[k].shape[:2])} != {(B, T)}")
         if data["action"].shape[-1] != self.spec.act_dim:
             raise ValueError(f"batch['action']: last dim {data['action'].shape[-1]} != act_dim {self.spec.act_dim}")
-        data["action"] = data["action"].float()
-        data["reward"] = data["reward"].float()
+        data["action"] = data["action"].to(float_dtype(self))
+        data["reward"] = data["reward"].to(float_dtype(self))
         data["is_first"] = data["is_first"].bool()
         data["is_terminal"] = data["is_terminal"].bool()
         data["is_last"] = data["is_last"].bool()
@@ -274,8 +276,18 @@ class Agent(nn.Module):
         carry["action"] = data["action"][:, K - 1]
         return {k: v[:, K:] for k, v in data.items()}, carry
 
+    def _update_key(self) -> int:
+        """The update's Philox key, drawn from torch's generator (data-parallel: rank 0's, broadcast). With it every
+        random draw of an update (posterior samples, imagined latents and actions) is keyed by the *global* row of
+        the batch, so 2 ranks × batch B draw exactly what 1 process × batch 2B draws."""
+        return self.dist.broadcast_int(draw_seed())
+
     def train_step(self, batch: dict, return_latents: bool = False):
         """One full update: world model, imagination, actor, critic, optimiser, slow critic, return norm.
+
+        Randomness: one Philox key per update (:meth:`_update_key`); the posterior sample of batch row b at step t
+        draws Philox row b (stream 2) and the imagination from start state n = b·T + t draws row n (streams 0 and 1),
+        offset by this rank's first global row.
 
         Every loss term goes into one table (``loss/<term>``), scaled by :func:`~dreamer_ext.config.loss_scales` and
         summed once into ``loss/total``, which is differentiated once. Returns scalar metrics (loss terms, KL dyn/rep,
@@ -291,13 +303,16 @@ class Agent(nn.Module):
         data, carry = self._prepare(batch)
         saved_buffers = [b.detach().clone() for b in self.buffers()]
         self.opt.zero_grad()
+        B, T = data["reward"].shape[:2]
+        key, row0 = self._update_key(), self.dist.rank * B  # this rank's batch rows are global rows row0..row0+B-1
+        post_u = ops.reference.philox_uniform(key, T, B, self.wm.rssm.S, POSTERIOR_STREAM, row0=row0)
         with self.autocast():  # forward passes only; the backward pass follows the forward's dtypes
-            terms, post, metrics = self.wm.loss(data, carry)
-            B, T = data["reward"].shape[:2]
+            terms, post, metrics = self.wm.loss(data, carry, post_u.transpose(0, 1).to(self.device))
             start = {"h": post["h"].detach().reshape(B * T, -1),
                      "z": post["z"].detach().reshape(B * T, *post["z"].shape[2:])}
             start_cont = 1.0 - data["is_terminal"].reshape(B * T).float()
-            beh_terms, beh_metrics, start_return = self.behavior.loss(self.wm, start, start_cont)
+            beh_terms, beh_metrics, start_return = self.behavior.loss(self.wm, start, start_cont, seed=key,
+                                                                      row0=row0 * T)
             metrics.update(beh_metrics)
             if "repval" in self.scales:  # V2: the critic also learns on the replayed states
                 feat = post["feat"] if self.config.critic.repval_grad else post["feat"].detach()

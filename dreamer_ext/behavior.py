@@ -20,7 +20,7 @@ from torch import nn
 from . import ops
 from .config import Config
 from .fused_rollout import RolloutWeights, draw_seed, fused_imagine, rollout_uniforms
-from .dists import BoundedNormal, OneHotDist, TwoHot, make_bins
+from .dists import BoundedNormal, OneHotDist, TwoHot, f32, make_bins
 from .nets import MLP, initialize, out_linear
 
 __all__ = ["Actor", "Critic", "ReturnNorm", "Behavior", "trajectory_weight", "replay_lambda_return"]
@@ -73,7 +73,7 @@ class ReturnNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
-        r = returns.detach().float().reshape(-1)
+        r = f32(returns.detach()).reshape(-1)
         if self.gather is not None:  # the percentiles of the global batch, the same on every rank
             r = self.gather(r)
         q = torch.quantile(r, torch.tensor([self.low, self.high], device=r.device, dtype=r.dtype))
@@ -123,25 +123,27 @@ class Behavior(nn.Module):
         """Sampled action ``[N, A]`` for the imagination rollout (no gradient)."""
         return self.actor(feat).sample(uniform).detach()
 
-    def imagine(self, wm, start: dict, horizon: int | None = None, uniforms: dict | None = None) -> dict:
+    def imagine(self, wm, start: dict, horizon: int | None = None, uniforms: dict | None = None,
+                seed: int | None = None, row0: int = 0) -> dict:
         """Imagined trajectory from ``start = {"h": [N, deter], "z": [N, S, C]}`` (detached) under no_grad:
         ``{"h": [H+1, N, deter], "z": [H+1, N, S, C], "feat": [H+1, N, F], "action": [H, N, A]}``.
 
-        Without ``uniforms`` it draws one Philox seed from torch's generator and runs the fused kernel where it
-        applies (see the module docstring), else the PyTorch loop on that seed's uniforms; with ``uniforms`` (tests)
-        it runs the loop on them."""
+        Without ``uniforms`` it takes the Philox key ``seed`` (default: one drawn from torch's generator), start state
+        r drawing Philox row ``row0 + r``, and runs the fused kernel where it applies (see the module docstring), else
+        the PyTorch loop on that key's uniforms; with ``uniforms`` (tests) it runs the loop on them."""
         horizon = self.config.imag.horizon if horizon is None else horizon
         start = {"h": start["h"].detach(), "z": start["z"].detach()}
         with torch.no_grad():
             if uniforms is not None:
                 return wm.rssm.imagine(self.policy_fn, start, horizon, uniforms)
-            seed = draw_seed()
+            seed = draw_seed() if seed is None else seed
             dev = start["h"].device
-            if ops.get_backend() == "kernels" and dev.type == "cpu":
+            if ops.get_backend() == "kernels" and dev.type == "cpu" and start["h"].dtype != torch.float64:
                 bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                return fused_imagine(self._rollout_weights(wm), start, horizon, seed, bf16=bf16)
+                return fused_imagine(self._rollout_weights(wm), start, horizon, seed, bf16=bf16, row0=row0)
             rssm = wm.rssm
-            u = rollout_uniforms(seed, start["h"].shape[0], horizon, rssm.S, 1 if self.discrete else self.act_dim, dev)
+            u = rollout_uniforms(seed, start["h"].shape[0], horizon, rssm.S, 1 if self.discrete else self.act_dim, dev,
+                                 row0=row0)
             return rssm.imagine(self.policy_fn, start, horizon, u)
 
     def _rollout_weights(self, wm) -> RolloutWeights:
@@ -152,12 +154,13 @@ class Behavior(nn.Module):
             self.__dict__["_fused_weights"] = cached
         return cached
 
-    def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None
-             ) -> tuple[dict, dict, torch.Tensor]:
+    def loss(self, wm, start: dict, start_cont: torch.Tensor, uniforms: dict | None = None, seed: int | None = None,
+             row0: int = 0) -> tuple[dict, dict, torch.Tensor]:
         """Actor and critic loss terms from imagination.
 
         Args: ``start`` posterior states ``{"h": [N, deter], "z": [N, S, C]}``, ``start_cont[N]`` = 1 − is_terminal
-        of those states (ĉ_0 without ``contdisc``). Returns (terms ``{"actor": [H, N], "critic": [H, N]}``, unscaled
+        of those states (ĉ_0 without ``contdisc``); ``uniforms``, ``seed``, ``row0``: the imagination's randomness
+        (:meth:`imagine`). Returns (terms ``{"actor": [H, N], "critic": [H, N]}``, unscaled
         and per element; metrics of 0-d tensors; and R_0 ``[N]``, the imagined λ-return of each start state, which
         bootstraps the replay-value loss).
 
@@ -168,7 +171,7 @@ class Behavior(nn.Module):
         """
         ic = self.config.imag
         H, disc = ic.horizon, (1.0 if ic.contdisc else ic.gamma)
-        traj = self.imagine(wm, start, H, uniforms)
+        traj = self.imagine(wm, start, H, uniforms, seed, row0)
         feat = traj["feat"]                                            # [H+1, N, F], no grad
         with torch.no_grad():
             reward = wm.reward(feat[1:]).pred()                        # [H, N]  r̂_1..r̂_H
@@ -209,8 +212,8 @@ class Behavior(nn.Module):
         reach the critic and, through ``feat`` (when the caller does not detach it), the world model.
         """
         ic, cc = self.config.imag, self.config.critic
-        ret = replay_lambda_return(data["reward"].float(), data["is_terminal"].float(), data["is_last"].float(),
-                                   boot.float(), ic.gamma, ic.lam)                   # [B, T-1]
+        ret = replay_lambda_return(f32(data["reward"]), data["is_terminal"].to(boot.dtype),
+                                   data["is_last"].to(boot.dtype), f32(boot), ic.gamma, ic.lam)  # [B, T-1]
         dist = self.critic(feat[:, :-1])
         with torch.no_grad():
             slow = self.slow_critic(feat[:, :-1].detach()).pred()

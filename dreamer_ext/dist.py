@@ -39,11 +39,13 @@ class Dist:
 
     # ---- collectives (identity for a single process) ----
     def average_(self, tensors: list[torch.Tensor]) -> None:
-        """Replace each tensor by its mean over the ranks, in place, with one all-reduce of a flat float32 buffer (the
-        tensors must have the same shapes, in the same order, on every rank)."""
+        """Replace each tensor by its mean over the ranks, in place, with one all-reduce of a flat float32 buffer
+        (float64 when a tensor is float64; the tensors must have the same shapes, in the same order, on every
+        rank)."""
         if not self.active or not tensors:
             return
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
         dist.all_reduce(flat)
         flat.div_(self.world)
         i = 0
@@ -52,11 +54,19 @@ class Dist:
             t.copy_(flat[i:i + n].view_as(t))
             i += n
 
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` (an int in the int64 range) on every rank."""
+        if not self.active:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, 0)
+        return int(t.item())
+
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of ``t`` over the ranks (a new tensor on ``t``'s device)."""
         if not self.active:
             return t
-        out = t.detach().to(self.device, torch.float32, copy=True)
+        out = t.detach().to(self.device, torch.float64 if t.dtype == torch.float64 else torch.float32, copy=True)
         dist.all_reduce(out)
         return out.div_(self.world).to(t.device, t.dtype)
 

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 
 from . import ops
 
-__all__ = ["make_bins", "TwoHot", "Bernoulli", "OneHotDist", "BoundedNormal", "MSE", "ImageMSE",
+__all__ = ["f32", "make_bins", "TwoHot", "Bernoulli", "OneHotDist", "BoundedNormal", "MSE", "ImageMSE",
            "categorical_sample", "categorical_kl"]
+
+
+def f32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32: what the model computes in fp32 (norms, gates, distributions, losses) whatever the
+    matmuls' dtype; a float64 model (the data-parallel equivalence test) stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def make_bins(num: int = 255, limit: float = 20.0, space: str = "symlog", device=None) -> torch.Tensor:
@@ -41,7 +47,7 @@ class TwoHot:
             raise ValueError(f"logits: last dim {logits.shape[-1]} != number of bins {bins.shape[0]}")
         if space not in ("symlog", "symexp"):
             raise ValueError(f"space: expected 'symlog' or 'symexp', got {space!r}")
-        self.logits, self.bins, self.space = logits.float(), bins, space
+        self.logits, self.bins, self.space = f32(logits), bins, space
 
     def pred(self) -> torch.Tensor:
         """Expected value in raw space ``[...]`` (summed outside-in, see :func:`paired_mean`)."""
@@ -50,7 +56,7 @@ class TwoHot:
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the twohot encoding of raw ``target[...]`` -> ``[...]``."""
-        t = target.detach().float()
+        t = f32(target.detach())
         if self.space == "symlog":
             t = ops.symlog(t)
         return ops.twohot_cross_entropy(self.logits, t, self.bins)
@@ -80,7 +86,7 @@ class Bernoulli:
     """``logits[...]``; loss = binary cross-entropy, pred = mode (1 where p > 0.5), mean = p."""
 
     def __init__(self, logits: torch.Tensor):
-        self.logits = logits.float()
+        self.logits = f32(logits)
 
     def mean(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
@@ -89,7 +95,7 @@ class Bernoulli:
         return (self.logits > 0).float()
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(self.logits, target.float(), reduction="none")
+        return F.binary_cross_entropy_with_logits(self.logits, f32(target).to(self.logits.dtype), reduction="none")
 
     def entropy(self) -> torch.Tensor:
         p = torch.sigmoid(self.logits)
@@ -98,7 +104,7 @@ class Bernoulli:
 
 def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Log-probs of ``(1-u)·softmax(logits) + u/K`` over the last dim (fp32)."""
-    logits = logits.float()
+    logits = f32(logits)
     if unimix <= 0:
         return torch.log_softmax(logits, -1)
     probs = torch.softmax(logits, -1) * (1.0 - unimix) + unimix / logits.shape[-1]
@@ -121,7 +127,7 @@ def categorical_sample(probs: torch.Tensor, uniform: torch.Tensor | None = None)
 
 def categorical_kl(logp_q: torch.Tensor, logp_p: torch.Tensor) -> torch.Tensor:
     """KL[q‖p] from log-probs ``[..., G, K]`` summed over the last two dims -> ``[...]`` (fp32)."""
-    logp_q, logp_p = logp_q.float(), logp_p.float()
+    logp_q, logp_p = f32(logp_q), f32(logp_p)
     return (logp_q.exp() * (logp_q - logp_p)).sum((-2, -1))
 
 
@@ -159,8 +165,8 @@ class BoundedNormal:
     log-prob and entropy summed over A."""
 
     def __init__(self, mean: torch.Tensor, std_raw: torch.Tensor, min_std: float = 0.1, max_std: float = 1.0):
-        self.mean = torch.tanh(mean.float())
-        self.std = (max_std - min_std) * torch.sigmoid(std_raw.float() + 2.0) + min_std
+        self.mean = torch.tanh(f32(mean))
+        self.std = (max_std - min_std) * torch.sigmoid(f32(std_raw) + 2.0) + min_std
 
     def sample(self, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """Reparameterised sample ``[..., A]``; ``uniform[..., A]`` maps to normals through erfinv."""
@@ -179,7 +185,7 @@ class BoundedNormal:
     pred = mode
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x.detach().float() - self.mean) / self.std
+        z = (f32(x.detach()) - self.mean) / self.std
         return (-0.5 * z * z - torch.log(self.std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def entropy(self) -> torch.Tensor:
@@ -194,13 +200,13 @@ class MSE:
     ½); pred() = symexp(f)."""
 
     def __init__(self, pred: torch.Tensor, symlog: bool = True, scale: float = 1.0):
-        self.f, self.symlog, self.scale = pred.float(), symlog, scale
+        self.f, self.symlog, self.scale = f32(pred), symlog, scale
 
     def pred(self) -> torch.Tensor:
         return ops.symexp(self.f) if self.symlog else self.f
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        t = target.detach().float()
+        t = f32(target.detach())
         t = ops.symlog(t) if self.symlog else t
         return (self.scale * (self.f - t) ** 2).sum(-1)
 
@@ -212,13 +218,13 @@ class ImageMSE:
     """Image decoder output ``mean[..., H, W, C]`` in [0, 1]; loss = squared error summed over pixels against x/255."""
 
     def __init__(self, mean: torch.Tensor):
-        self.mean = mean.float()  # the loss is fp32 whatever the decoder computed in
+        self.mean = f32(mean)  # the loss is fp32 whatever the decoder computed in
 
     def pred(self) -> torch.Tensor:
         return self.mean
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        t = target.detach().float() * (1.0 / 255.0)
+        t = f32(target.detach()) * (1.0 / 255.0)
         return ((self.mean - t) ** 2).sum((-3, -2, -1))
 
     def entropy(self) -> torch.Tensor:

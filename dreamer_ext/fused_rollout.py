@@ -21,11 +21,13 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
 
 
-def rollout_uniforms(seed: int, n: int, horizon: int, stoch: int, action_uniforms: int, device=None) -> dict:
-    """The uniforms the fused rollout uses, in the layout of :meth:`RSSM.imagine`'s ``uniforms``:
-    ``{"latent": [H, N, S], "action": [H, N] (discrete: action_uniforms == 1) or [H, N, A]}``."""
-    latent = ops.reference.philox_uniform(seed, horizon, n, stoch, 0)
-    action = ops.reference.philox_uniform(seed, horizon, n, action_uniforms, 1)
+def rollout_uniforms(seed: int, n: int, horizon: int, stoch: int, action_uniforms: int, device=None, row0: int = 0
+                     ) -> dict:
+    """The uniforms the fused rollout uses (start state r draws Philox row ``row0 + r``), in the layout of
+    :meth:`RSSM.imagine`'s ``uniforms``: ``{"latent": [H, N, S], "action": [H, N] (discrete: action_uniforms == 1)
+    or [H, N, A]}``."""
+    latent = ops.reference.philox_uniform(seed, horizon, n, stoch, 0, row0=row0)
+    action = ops.reference.philox_uniform(seed, horizon, n, action_uniforms, 1, row0=row0)
     if action_uniforms == 1:
         action = action[..., 0]
     return {"latent": latent.to(device), "action": action.to(device)}
@@ -98,14 +100,16 @@ class RolloutWeights:
 
 
 def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int | None = None,
-                  bf16: bool = False) -> dict:
+                  bf16: bool = False, row0: int = 0) -> dict:
     """:meth:`RSSM.imagine` through the fused op: ``start = {"h": [N, deter], "z": [N, S, C]}`` ->
     ``{"h": [H+1, N, deter], "z": [H+1, N, S, C] one-hot, "feat": [H+1, N, F], "action": [H, N, A]}`` (no gradient).
-    ``seed``: the Philox key (default: :func:`draw_seed`); ``bf16``: bf16 matmuls (float32 accumulation)."""
+    ``seed``: the Philox key (default: :func:`draw_seed`); ``bf16``: bf16 matmuls (float32 accumulation); ``row0``:
+    the Philox row of start state 0."""
     h0 = start["h"].detach().float().contiguous()
     z0 = start["z"].detach().argmax(-1).to(torch.int32)
     seed = draw_seed() if seed is None else seed
-    h, z, a = ops.rollout(h0, z0, weights.get(bf16), weights.dims(h0.shape[0], horizon, bf16), weights.floats(), seed)
+    h, z, a = ops.rollout(h0, z0, weights.get(bf16), weights.dims(h0.shape[0], horizon, bf16), weights.floats(), seed,
+                          row0)
     z1 = F.one_hot(z.long(), weights.rssm.C).float()
     feat = torch.cat([h, z1.reshape(*z1.shape[:-2], -1)], -1)
     return {"h": h, "z": z1, "feat": feat, "action": a}

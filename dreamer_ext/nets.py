@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .dists import f32
 
 __all__ = ["Norm", "trunc_init_", "initialize", "INITS", "DenseLayer", "MLP", "BlockLinear", "ImageEncoder",
            "ImageDecoder", "VectorEncoder", "VectorDecoder", "UpsampleConv"]
@@ -82,11 +83,11 @@ class Norm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        xf = x.float()
+        xf = f32(x)
         if self.kind == "rms":
-            y = F.rms_norm(xf, (self.dim,), self.weight.float(), 1e-4)
+            y = F.rms_norm(xf, (self.dim,), self.weight.to(xf.dtype), 1e-4)
         else:
-            y = F.layer_norm(xf, (self.dim,), self.weight.float(), self.bias.float(), 1e-3)
+            y = F.layer_norm(xf, (self.dim,), self.weight.to(xf.dtype), self.bias.to(xf.dtype), 1e-3)
         return y.to(dtype)
 
 
@@ -102,6 +103,13 @@ class DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(self.norm(self.linear(x)))
+
+
+def float_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype inputs enter ``module`` in: float32 (bf16 compute happens under autocast), float64 for a float64
+    model."""
+    p = next(module.parameters(), None)
+    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
 
 
 class MLP(nn.Sequential):
@@ -241,7 +249,7 @@ class ImageEncoder(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = img.permute(0, 3, 1, 2).to(torch.float32)  # channels_last strides, NCHW view
+        x = img.permute(0, 3, 1, 2).to(float_dtype(self))  # channels_last strides, NCHW view
         x = x * (1.0 / 255.0) - 0.5
         for conv, norm in zip(self.convs, self.norms):
             x = F.silu(norm(F.max_pool2d(conv(x), 2)))
@@ -315,7 +323,7 @@ class VectorEncoder(nn.Module):
         self.out_dim = self.mlp.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
+        x = x.to(float_dtype(self))
         return self.mlp(ops.symlog(x) if self.symlog else x)
 
 

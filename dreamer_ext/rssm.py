@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RSSMConfig
-from .dists import categorical_kl, categorical_sample, unimix_logits
-from .nets import MLP, BlockLinear, DenseLayer, Norm, out_linear
+from .dists import categorical_kl, categorical_sample, f32, unimix_logits
+from .nets import MLP, BlockLinear, DenseLayer, Norm, float_dtype, out_linear
 
 __all__ = ["RSSM"]
 
@@ -73,8 +73,9 @@ class RSSM(nn.Module):
         """Zero state ``{"h": [B, deter], "z": [B, S, C]}``."""
         if device is None:
             device = self.gru.weight.device
-        return {"h": torch.zeros(batch_size, self.deter, device=device),
-                "z": torch.zeros(batch_size, self.S, self.C, device=device)}
+        dtype = float_dtype(self)
+        return {"h": torch.zeros(batch_size, self.deter, device=device, dtype=dtype),
+                "z": torch.zeros(batch_size, self.S, self.C, device=device, dtype=dtype)}
 
     def pack(self, state: State) -> dict[str, torch.Tensor]:
         """Compact copy of a state for the replay (replay context): ``{"h": float16 [..., deter], "z": class indices
@@ -91,7 +92,8 @@ class RSSM(nn.Module):
         if h.shape[-1] != self.deter or z.shape[-1] != self.S or h.shape[:-1] != z.shape[:-1]:
             raise ValueError(f"h, z: expected [..., {self.deter}] and [..., {self.S}] with equal leading dims, got "
                              f"{tuple(h.shape)} and {tuple(z.shape)}")
-        return {"h": h.float(), "z": F.one_hot(z.long(), self.C).float()}
+        dtype = float_dtype(self)
+        return {"h": h.to(dtype), "z": F.one_hot(z.long(), self.C).to(dtype)}
 
     def feat(self, state: State) -> torch.Tensor:
         """``concat(h, flatten(z))``: ``[..., deter + S·C]``."""
@@ -108,12 +110,12 @@ class RSSM(nn.Module):
         x = torch.cat([h.reshape(B, g, -1), x.unsqueeze(1).expand(B, g, x.shape[-1])], -1).reshape(B, -1)
         for d in self.dyn:
             x = F.silu(d["norm"](d["lin"](x)))
-        gates = self.gru(x).float().reshape(B, g, 3, -1)            # per block: r, c, u (gate math and h in fp32)
+        gates = f32(self.gru(x)).reshape(B, g, 3, -1)            # per block: r, c, u (gate math and h in fp32)
         r, c, u = gates.unbind(2)
         r = torch.sigmoid(r)
         c = torch.tanh(r * c)
         u = torch.sigmoid(u - 1.0)
-        hg = h.float().reshape(B, g, -1)
+        hg = f32(h).reshape(B, g, -1)
         return (u * c + (1.0 - u) * hg).reshape(B, self.deter)
 
     def prior_logits(self, h: torch.Tensor) -> torch.Tensor:

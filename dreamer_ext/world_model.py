@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .dists import Bernoulli, ImageMSE, MSE, TwoHot, make_bins
+from .dists import Bernoulli, ImageMSE, MSE, TwoHot, f32, make_bins
 from .envs.spec import EnvSpec
 from .nets import MLP, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, initialize, out_linear
 from .objectives import make_objective
@@ -102,23 +102,27 @@ class WorldModel(nn.Module):
         return Bernoulli(self.cont_out(self.cont_mlp(feat)).squeeze(-1))
 
     # ------------------------------------------------------------------ training
-    def observe(self, data: dict, carry: dict | None = None) -> tuple[dict, dict]:
+    def observe(self, data: dict, carry: dict | None = None, uniforms: torch.Tensor | None = None
+                ) -> tuple[dict, dict]:
         """Encode and filter a batch ``[B, T, ...]``; returns (post with ``feat``, last state).
 
         ``carry``: the state before t=0 (zeros if None) — ``{"h": [B, deter], "z": [B, S, C]}`` plus optionally
-        ``"action": [B, A]``, the action taken there (replay context); is_first at t=0 still resets all three."""
+        ``"action": [B, A]``, the action taken there (replay context); is_first at t=0 still resets all three.
+        ``uniforms [B, T, S]``: the posterior samples' (default: drawn with torch.rand)."""
         embed = self.encode(data)
-        prev_action = shift_actions(data["action"].float(), None if carry is None else carry.get("action"))
+        prev_action = shift_actions(f32(data["action"]), None if carry is None else carry.get("action"))
         state = None if carry is None else {"h": carry["h"], "z": carry["z"]}
-        post, last = self.rssm.observe(embed, prev_action, data["is_first"].bool(), state)
+        post, last = self.rssm.observe(embed, prev_action, data["is_first"].bool(), state, uniforms)
         post["feat"] = self.rssm.feat(post)
         return post, last
 
-    def loss(self, data: dict, carry: dict | None = None) -> tuple[dict, dict, dict]:
-        """World-model loss terms on ``data`` (see :mod:`dreamer_ext.objectives`).
+    def loss(self, data: dict, carry: dict | None = None, uniforms: torch.Tensor | None = None
+             ) -> tuple[dict, dict, dict]:
+        """World-model loss terms on ``data`` (see :mod:`dreamer_ext.objectives`); ``uniforms [B, T, S]`` as in
+        :meth:`observe`.
 
         Returns (terms ``{name: [B, T]}``, unscaled, post, metrics of 0-d tensors)."""
-        post, _ = self.observe(data, carry)
+        post, _ = self.observe(data, carry, uniforms)
         terms, metrics = self.objective(self, data, post)
         with torch.no_grad():
             metrics["ent/post"] = self.rssm.entropy(post["post_logits"]).mean()

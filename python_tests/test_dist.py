@@ -76,6 +76,46 @@ def test_two_ranks_stay_bitwise_equal(tmp_path, objective):
         assert m0[2]["repo/beta_after"] == m1[2]["repo/beta_after"]
 
 
+EQUIV_WORKER = textwrap.dedent("""
+    import os, sys
+    import torch
+    sys.path[:0] = [{root!r}, {here!r}]
+    from dreamer_ext.dist import from_env
+    from equivalence import float64_updates
+
+    d = from_env(torch.device("cpu"))
+    params = float64_updates({objective!r}, d, rows=slice(2 * d.rank, 2 * d.rank + 2))
+    torch.save(params, os.path.join({out!r}, f"rank{{d.rank}}.pt"))
+""")
+
+
+@pytest.mark.parametrize("objective", ["dreamer", "repo"])
+def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b_in_float64(tmp_path, objective):
+    """Randomness is keyed by the global batch row (one Philox key per update, broadcast from rank 0), every loss is a
+    mean over equally many elements per rank, and the return percentiles are taken over the gathered returns: so
+    averaging the gradients of 2 ranks × 2 rows gives the update of 1 process × 4 rows, up to float64 rounding."""
+    from dreamer_ext.dist import SINGLE
+    from equivalence import float64_updates
+
+    script = tmp_path / "worker.py"
+    script.write_text(EQUIV_WORKER.format(root=ROOT, here=HERE, out=str(tmp_path), objective=objective))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                           f"--master_port={free_port()}", str(script)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    one = float64_updates(objective, SINGLE, rows=slice(0, 4))
+    start = float64_updates(objective, SINGLE, rows=slice(0, 4), updates=0)
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0], ranks[1]))
+    moved = max(float((a - s).abs().max()) for a, s in zip(one, start))
+    assert moved > 5e-5  # three LaProp steps of lr 4e-5 moved the parameters
+    worst = max(float((a - b).abs().max()) for a, b in zip(ranks[0], one))
+    assert worst < 1e-10 * moved, worst  # equal up to float64 rounding
+    half = float64_updates(objective, SINGLE, rows=slice(0, 2))  # what rank 0 alone would have learned
+    assert max(float((a - b).abs().max()) for a, b in zip(half, one)) > 1e-4 * moved
+
+
 def test_single_process_is_untouched():
     from dreamer_ext.dist import SINGLE, from_env
     assert from_env(torch.device("cpu")) is SINGLE and not SINGLE.active

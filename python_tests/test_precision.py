@@ -64,8 +64,8 @@ def test_bf16_keeps_the_listed_parts_fp32(monkeypatch):
     terms_seen = {}
     real_wm_loss = agent.wm.loss
 
-    def wm_loss(data, carry=None):
-        terms, post, metrics = real_wm_loss(data, carry)
+    def wm_loss(data, carry=None, uniforms=None):
+        terms, post, metrics = real_wm_loss(data, carry, uniforms)
         terms_seen.update({k: v.dtype for k, v in terms.items()})
         terms_seen["h"], terms_seen["post_logits_kl"] = post["h"].dtype, agent.wm.rssm.kl(
             post["post_logits"], post["prior_logits"])[0].dtype

@@ -44,6 +44,27 @@ def both_backends(W, start, horizon, seed, bf16=False):
     return out, ref
 
 
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+@pytest.mark.parametrize("discrete", [True, False])
+def test_row0_makes_the_draws_independent_of_how_rows_are_split(backend, discrete):
+    """Rows r0..r0+n-1 of one rollout are what a rollout of those start states alone draws with row0 = r0 (a
+    data-parallel rank's share); with row0 = 0 they would draw other samples."""
+    agent, W = model(discrete=discrete, act_dim=3)
+    start = starts(agent.wm.rssm, 9)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    dims = lambda n: W.dims(n, 4)  # noqa: E731
+    with ops.use_backend(backend):
+        whole = ops.rollout(h0, z0, W.get(), dims(9), W.floats(), 77)
+        part = ops.rollout(h0[5:], z0[5:], W.get(), dims(4), W.floats(), 77, row0=5)
+        local = ops.rollout(h0[5:], z0[5:], W.get(), dims(4), W.floats(), 77)
+        assert torch.equal(part[1], whole[1][:, 5:]) and torch.equal(part[2], whole[2][:, 5:])  # the samples
+        tol = 0 if backend == "kernels" else 1e-5  # the kernel's rows are independent; a BLAS matmul's are not bitwise
+        torch.testing.assert_close(part[0], whole[0][:, 5:], atol=tol, rtol=0)
+        assert not torch.equal(local[1], whole[1][:, 5:])
+        with pytest.raises(ValueError, match="row0"):
+            ops.rollout(h0, z0, W.get(), dims(9), W.floats(), 77, row0=-1)
+
+
 CASES = [
     dict(),                                                    # V2 tiny: discrete, RMSNorm, 1 dyn layer, 4 blocks
     dict(discrete=False, act_dim=2),                           # continuous actions

@@ -42,6 +42,16 @@ def test_emulated_cuda_rollout_matches_the_pytorch_twin(emu, case, n, bf16):
     assert_agrees_with_twin(out, ref, bf16, bf16_agreement=0.99)
 
 
+def test_emulated_cuda_rollout_offsets_its_philox_rows(emu):
+    agent, W = model()
+    start = starts(agent.wm.rssm, 21)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    whole = K._rollout_impl(h0, z0, W.get(), W.dims(21, 3), W.floats(), 5, mod=emu, emulate=True)
+    part = K._rollout_impl(h0[17:], z0[17:], W.get(), W.dims(4, 3), W.floats(), 5, row0=17, mod=emu, emulate=True)
+    assert torch.equal(part[1], whole[1][:, 17:]) and torch.equal(part[2], whole[2][:, 17:])
+    torch.testing.assert_close(part[0], whole[0][:, 17:], atol=0, rtol=0)
+
+
 def test_emulated_cuda_rollout_agrees_with_the_cpu_kernel_on_a_preset_shape(emu):
     agent, W = model(act_dim=5, preset="size1m")
     (h, z, a), _, args = emulated_rollout(emu, W, starts(agent.wm.rssm, 18), 3, seed=9)

@@ -25,13 +25,21 @@ def test_philox_known_answers(counter, key, want):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 0x0123456789ABCDEF, 2**64 - 1])
-@pytest.mark.parametrize("steps,rows,count,stream,step0", [(1, 1, 1, 0, 0), (3, 7, 5, 1, 2), (2, 33, 32, 0, 14)])
-def test_uniforms_are_the_same_in_cpp_and_pytorch(seed, steps, rows, count, stream, step0):
-    ref = R.philox_uniform(seed, steps, rows, count, stream, step0)
+@pytest.mark.parametrize("steps,rows,count,stream,step0,row0",
+                         [(1, 1, 1, 0, 0, 0), (3, 7, 5, 1, 2, 0), (2, 33, 32, 0, 14, 0), (2, 5, 6, 2, 1, 2**32 - 5)])
+def test_uniforms_are_the_same_in_cpp_and_pytorch(seed, steps, rows, count, stream, step0, row0):
+    ref = R.philox_uniform(seed, steps, rows, count, stream, step0, row0)
     out = torch.full((steps, rows, count), -1.0)
-    _C.philox_uniform(seed, steps, rows, count, stream, step0, out.data_ptr())
+    _C.philox_uniform(seed, steps, rows, count, stream, step0, out.data_ptr(), row0)
     assert torch.equal(ref, out)
     assert ref.min() >= 0 and ref.max() < 1
+
+
+def test_row0_shifts_the_rows():
+    whole = R.philox_uniform(5, 2, 10, 3, 0)
+    assert torch.equal(R.philox_uniform(5, 2, 4, 3, 0, row0=6), whole[:, 6:])
+    with pytest.raises(ValueError, match="row0"):
+        _C.philox_uniform(5, 1, 6, 1, 0, 0, torch.empty(6).data_ptr(), 2**32 - 5)
 
 
 def test_uniforms_depend_on_every_counter_word_and_the_seed():

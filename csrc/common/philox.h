@@ -32,7 +32,7 @@ DX_HD Philox4 philox4x32_10(Philox4 c, uint32_t k0, uint32_t k1) {
 DX_HD float uniform_from_bits(uint32_t bits) { return float(bits >> 8) * (1.0f / 16777216.0f); }
 
 // Random streams of the rollout (the counter's last word).
-enum RolloutStream : uint32_t { kStreamLatent = 0, kStreamAction = 1 };
+enum RolloutStream : uint32_t { kStreamLatent = 0, kStreamAction = 1 };  // 2: the training posteriors (Python)
 
 // Uniform number `i` of (row, step, stream) under `seed`: the Philox block with counter
 // {row, step, i / 4, stream} and key {seed low, seed high}, word i % 4.

@@ -31,6 +31,7 @@ struct RolloutParams {
   int norm;            // 0: RMSNorm eps 1e-4 (V2), 1: LayerNorm eps 1e-3 (V1)
   float rssm_unimix, actor_unimix, min_std, max_std;
   uint64_t seed;       // Philox key of this call
+  uint32_t rng_row0;   // Philox row of row 0 (data-parallel: the first global row of this rank; else 0)
   int actor_layers; DenseW actor[kRolloutMaxLayers]; DenseW actor_out;  // actor_out: [units, A or 2A]
   DenseW in_h, in_z, in_a;                                             // core inputs -> hidden each
   int dyn_layers; BlockW dyn[kRolloutMaxLayers]; BlockW gru;           // gru: [g, in/g, 3 deter/g]

@@ -388,7 +388,7 @@ void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32
                             float* act, bool sample) {
   const int A = p.act_dim, AO = p.actor_out.out;
   for (int r = 0; r < R; ++r) {
-    const uint32_t row = uint32_t(b0 + r);
+    const uint32_t row = p.rng_row0 + uint32_t(b0 + r);
     float* l = logits + int64_t(r) * AO;
     float* a = act + int64_t(r) * A;
     if (p.discrete) {
@@ -473,7 +473,7 @@ void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_
   set_bias(R, out.b, SC, logits, SC);
   gemm_acc(R, prep(R, pin, pw, pw, p.bf16, xp), 0, mat(out), 0, pw, SC, logits, SC);
   for (int r = 0; r < R; ++r) {
-    const uint32_t row = uint32_t(b0 + r);
+    const uint32_t row = p.rng_row0 + uint32_t(b0 + r);
     for (int s = 0; s < S; ++s) {
       float* l = logits + int64_t(r) * SC + int64_t(s) * C;
       unimix_probs(l, C, p.rssm_unimix);

@@ -230,7 +230,7 @@ __device__ void pick_actions(const RolloutParams& p, const Work& w, int R, int64
   const int A = p.act_dim, AO = p.actor_out.out;
   if (p.discrete) {
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
-      const float u = sample ? rollout_uniform(p.seed, uint32_t(b0 + r), step, kStreamAction, 0) : 0.0f;
+      const float u = sample ? rollout_uniform(p.seed, p.rng_row0 + uint32_t(b0 + r), step, kStreamAction, 0) : 0.0f;
       const int k = discrete_action(w.logits + int64_t(r) * AO, A, p.actor_unimix, sample, u);
       for (int j = 0; j < A; ++j) act[int64_t(r) * A + j] = j == k ? 1.0f : 0.0f;
       w.aidx[r] = k;
@@ -239,7 +239,7 @@ __device__ void pick_actions(const RolloutParams& p, const Work& w, int R, int64
     for (int i = threadIdx.x; i < R * A; i += blockDim.x) {
       const int r = i / A, j = i % A;
       const float* l = w.logits + int64_t(r) * AO;
-      const float u = sample ? rollout_uniform(p.seed, uint32_t(b0 + r), step, kStreamAction, uint32_t(j)) : 0.0f;
+      const float u = sample ? rollout_uniform(p.seed, p.rng_row0 + uint32_t(b0 + r), step, kStreamAction, uint32_t(j)) : 0.0f;
       act[i] = continuous_action(l[j], l[A + j], p.min_std, p.max_std, sample, u);
       w.an[i] = action_input(act[i]);
     }
@@ -336,7 +336,7 @@ __device__ void latent_step(const RolloutParams& p, const Work& w, int R, int64_
     const int r = i / S, s = i % S;
     float* l = w.logits + int64_t(r) * SC + int64_t(s) * C;
     unimix_probs(l, C, p.rssm_unimix);
-    zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, uint32_t(b0 + r), step, kStreamLatent, uint32_t(s)));
+    zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, p.rng_row0 + uint32_t(b0 + r), step, kStreamLatent, uint32_t(s)));
   }
   __syncthreads();
 }

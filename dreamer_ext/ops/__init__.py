@@ -428,24 +428,28 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> bool:
     return _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
 
 
-def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused imagination rollout: from start states ``h0 [N, deter]`` (float32) and ``z0 [N, stoch]`` (int32 class
     indices), run the actor, sample an action, step the block-GRU core, run the prior and sample the next latent,
     ``horizon`` times. ``weights``: the tensors named by :func:`rollout_weight_shapes` (contiguous after this call);
     ``dims``: ints named by :data:`ROLLOUT_DIMS` (``bf16``: matmuls on bf16-rounded inputs and bf16 weights with
     float32 accumulation, everything else float32); ``floats``: [rssm_unimix, actor_unimix, min_std, max_std];
-    ``seed``: the Philox key (the uniforms of row r, step t are :func:`reference.philox_uniform`'s). Returns
-    (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
+    ``seed``: the Philox key and ``row0`` the Philox row of start state 0 (the uniforms of start state r at step t
+    are :func:`reference.philox_uniform`'s for row ``row0 + r``; data-parallel ranks pass their first global row so
+    that the draws do not depend on how the rows are split). Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]``
+    int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
     """
+    if not isinstance(row0, int) or row0 < 0 or row0 + h0.shape[0] > 2 ** 32:
+        raise ValueError(f"row0: expected an int >= 0 with row0 + N <= 2^32, got {row0!r}")
     if not _check_rollout(h0, z0, weights, list(dims), list(floats), seed):
         weights = _detached(weights)
     h0, z0 = h0.detach().contiguous(), z0.contiguous()
     if _backend == "reference":
-        return reference.rollout(h0, z0, weights, dims, floats, seed)
+        return reference.rollout(h0, z0, weights, dims, floats, seed, row0)
     if torch.compiler.is_compiling():
-        return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
-    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed)
+        return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0)
+    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0)
 
 
 def _detached(weights: list) -> list:

@@ -21,7 +21,7 @@ lib.define("twohot(Tensor x, Tensor bins) -> Tensor")
 lib.define("twohot_ce_fwd(Tensor logits, Tensor target, Tensor bins) -> (Tensor, Tensor)")
 lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins, Tensor lse) -> Tensor")
 lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
-lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed) "
+lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed, int row0=0) "
            "-> (Tensor, Tensor, Tensor)")
 lib.define("act(Tensor h, Tensor z, Tensor prev_action, Tensor is_first, Tensor embed, Tensor?[] weights, int[] dims, "
            "float[] floats, int seed, bool sample) -> (Tensor, Tensor, Tensor)")
@@ -227,11 +227,11 @@ def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
     return (work, work.data_ptr()) + _launch(t, emulate)[1:]
 
 
-def _rollout_impl(h0, z0, weights, dims, floats, seed, mod=_C, emulate=False):
+def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, mod=_C, emulate=False):
     h, z, a = _rollout_outputs(h0, dims)
     ptrs = [0 if w is None else w.data_ptr() for w in weights]
     work, *launch = _device_args(h0, mod, dims, emulate)
-    mod.rollout(list(dims), list(floats), int(seed), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
+    mod.rollout(list(dims), list(floats), int(seed), int(row0), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
                 a.data_ptr(), *launch)
     return h, z, a
 
@@ -241,7 +241,7 @@ lib.impl("rollout", _rollout_impl, "CUDA")
 
 
 @torch.library.register_fake("dreamer_ext::rollout")
-def _(h0, z0, weights, dims, floats, seed):
+def _(h0, z0, weights, dims, floats, seed, row0=0):
     return _rollout_outputs(h0, dims)
 
 

@@ -118,12 +118,13 @@ def philox4x32_10(counter: list[torch.Tensor], key: tuple[int, int]) -> list[tor
     return [c0, c1, c2, c3]
 
 
-def philox_uniform(seed: int, steps: int, rows: int, count: int, stream: int, step0: int = 0) -> torch.Tensor:
+def philox_uniform(seed: int, steps: int, rows: int, count: int, stream: int, step0: int = 0, row0: int = 0
+                   ) -> torch.Tensor:
     """The rollout's uniforms: ``out[s, r, i]`` (float32 ``[steps, rows, count]``, in [0, 1)) = word ``i % 4`` of the
-    Philox block with counter ``(r, step0 + s, i // 4, stream)`` and key ``(seed low, seed high)``, as
+    Philox block with counter ``(row0 + r, step0 + s, i // 4, stream)`` and key ``(seed low, seed high)``, as
     ``(bits >> 8) * 2^-24``."""
     s = torch.arange(steps, dtype=torch.int64).add_(step0).view(steps, 1, 1)
-    r = torch.arange(rows, dtype=torch.int64).view(1, rows, 1)
+    r = torch.arange(rows, dtype=torch.int64).add_(row0).view(1, rows, 1)
     blocks = (count + 3) // 4
     b = torch.arange(blocks, dtype=torch.int64).view(1, 1, blocks)
     words = philox4x32_10([r, s, b, torch.tensor(stream)], (seed & _MASK32, (seed >> 32) & _MASK32))
@@ -243,7 +244,7 @@ def unpack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
     return w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
 
 
-def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused imagination rollout, step by step in PyTorch (see :func:`dreamer_ext.ops.rollout` for the
     arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
@@ -256,10 +257,10 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     h, z = h0.float(), z0.to(torch.int32)
     hs, zs, acts = [h], [z], []
     for t in range(d["horizon"]):
-        ua = philox_uniform(seed, 1, n, 1 if d["discrete"] else A, 1, t)[0].to(h.device)
+        ua = philox_uniform(seed, 1, n, 1 if d["discrete"] else A, 1, t, row0)[0].to(h.device)
         a, a_in = net.action(h, z, ua)
         h = net.core(h, z, a_in)
-        z = net.sample_latent(h, philox_uniform(seed, 1, n, S, 0, t)[0].to(h.device))
+        z = net.sample_latent(h, philox_uniform(seed, 1, n, S, 0, t, row0)[0].to(h.device))
         hs.append(h), zs.append(z), acts.append(a)
     return torch.stack(hs), torch.stack(zs), torch.stack(acts)
 
