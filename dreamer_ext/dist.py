@@ -20,10 +20,11 @@ __all__ = ["Dist", "SINGLE", "from_env"]
 class Dist:
     """This process's place in the data-parallel group: ``rank`` of ``world`` (a single process: 0 of 1)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | str = "cpu", force: bool = False):
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank/world: expected 0 <= rank < world, got {rank}/{world}")
         self.rank, self.world = rank, world
+        self.force = bool(force)  # run the collectives even for one process (the one-GPU NCCL smoke run)
         self.device = torch.device(device)  # where collectives put their small tensors (NCCL: this rank's GPU)
 
     @property
@@ -32,7 +33,7 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.force
 
     def __repr__(self) -> str:
         return f"Dist(rank={self.rank}, world={self.world})"
@@ -119,10 +120,12 @@ SINGLE = Dist()
 
 def from_env(device: torch.device) -> Dist:
     """The group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``; the process group is initialised here
-    with NCCL for a CUDA ``device``, gloo otherwise), or :data:`SINGLE` without it. Raises ValueError for an
-    inconsistent environment."""
+    with NCCL for a CUDA ``device``, gloo otherwise), or :data:`SINGLE` without it. ``DREAMER_EXT_DIST=1`` makes a
+    one-process torchrun run a group of one that still runs every collective (a smoke test of the NCCL path on a
+    single GPU). Raises ValueError for an inconsistent environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    force = os.environ.get("DREAMER_EXT_DIST", "0") == "1" and "RANK" in os.environ
+    if world <= 1 and not force:
         return SINGLE
     rank = int(os.environ.get("RANK", "-1"))
     if not 0 <= rank < world:
@@ -133,4 +136,4 @@ def from_env(device: torch.device) -> Dist:
         torch.cuda.set_device(comm)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, comm)
+    return Dist(rank, world, comm, force=world == 1)

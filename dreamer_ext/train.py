@@ -430,6 +430,10 @@ def print_banner(run: Run) -> None:
     print(f"device: {run.device} (torch threads: {torch.get_num_threads()}; compute "
           f"{'bf16' if run.agent.compute_dtype == torch.bfloat16 else 'fp32'}, --precision={cfg.precision})", flush=True)
     print(f"backend: {ops.get_backend()}", flush=True)
+    if run.dist.active:
+        import torch.distributed as tdist
+        print(f"data parallel: {run.dist.world} process(es), {tdist.get_backend()}; global batch "
+              f"{cfg.batch_size * run.dist.world} x {T}", flush=True)
     print(f"env: {cfg.env} obs={spec.obs} act_dim={spec.act_dim} discrete={spec.discrete} num_envs={cfg.num_envs}",
           flush=True)
     if not env_kwargs(cfg) and cfg.action_repeat != Config().action_repeat:

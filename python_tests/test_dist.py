@@ -132,8 +132,8 @@ TINY_RUN = ["--env=CartPole-v1", "--preset=size1m", "--rssm.deter=32", "--rssm.h
             "--precision=fp32"]
 
 
-def torchrun_train(tmp_path, nproc, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+def torchrun_train(tmp_path, nproc, *args, extra_env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "dreamer_ext.train",
                            *TINY_RUN, f"--logdir={tmp_path / 'run'}", *args], env=env, capture_output=True, text=True,
@@ -147,6 +147,7 @@ def test_torchrun_training_counts_global_steps_checkpoints_shards_and_resumes(tm
     assert p.returncode == 0, p.stderr[-3000:]
     run = tmp_path / "run"
     assert p.stdout.count("done: steps=240") == 1  # rank 0 prints, once; the steps are global
+    assert "data parallel: 2 process(es), gloo; global batch 4 x 8" in p.stdout
     main = load_checkpoint(str(run))
     assert main["step"] == 240 and main["dist"] == {"rank": 0, "world": 2}
     assert main["train_state"]["step"] == 240
@@ -187,6 +188,23 @@ def test_torchrun_training_counts_global_steps_checkpoints_shards_and_resumes(tm
     assert main["step"] == shard["step"] == 600 and main["dist"]["world"] == 2
     sizes = [ck["replay"]["state"]["size"] - 60 for ck in (main, shard)]  # less each rank's 60 new steps
     assert sum(sizes) == before + 120 and min(sizes) > 0
+
+
+def test_a_group_of_one_runs_every_collective(tmp_path, monkeypatch):
+    """DREAMER_EXT_DIST=1 under a one-process torchrun: the collectives run (the NCCL smoke run of a one-GPU machine
+    is this with --device=cuda, test_gpu.py); the run trains, checkpoints and resumes like a single process."""
+    from dreamer_ext.checkpoint import load_checkpoint
+    p = torchrun_train(tmp_path, 1, "--steps=120", "--checkpoint_every=60", extra_env={"DREAMER_EXT_DIST": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    ck = load_checkpoint(str(tmp_path / "run"))
+    assert ck["step"] == 120 and ck["dist"] == {"rank": 0, "world": 1}
+    assert ck["train_state"]["updates"] > 0
+    assert "data parallel: 1 process(es), gloo" in p.stdout  # a group of one: the collectives ran
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("DREAMER_EXT_DIST", "0")
+    from dreamer_ext.dist import SINGLE, from_env
+    assert from_env(torch.device("cpu")) is SINGLE  # without the switch a one-process torchrun is a plain run
 
 
 def test_a_killed_rank_takes_the_job_down_and_resume_recovers(tmp_path):

@@ -163,3 +163,19 @@ def test_cuda_acting_step_matches_the_pytorch_twin(bf16):
     with ops.use_backend("reference"):
         ref = ops.act(*args)
     assert_acting_agrees(out, ref, tol=2e-3 if bf16 else 1e-4, agreement=0.99 if bf16 else 0.999)
+
+
+def test_one_rank_nccl_smoke_run(tmp_path):
+    """The NCCL path on a one-GPU machine: torchrun with one process and DREAMER_EXT_DIST=1 runs every collective
+    through NCCL on the GPU while a tiny agent trains, checkpoints and finishes."""
+    import subprocess
+    import sys
+    from test_dist import ROOT, TINY_RUN, free_port
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "DREAMER_EXT_DIST": "1"}
+    args = [a for a in TINY_RUN if not a.startswith("--device")] + ["--device=cuda", "--steps=120",
+                                                                    f"--logdir={tmp_path / 'run'}"]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                        f"--master_port={free_port()}", "-m", "dreamer_ext.train", *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "data parallel: 1 process(es), nccl" in p.stdout and "done: steps=120" in p.stdout
