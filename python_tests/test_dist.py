@@ -48,9 +48,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(tmp_path, objective):
+def run_two_ranks(tmp_path, objective, worker=WORKER):
+    """Run ``worker`` (a template) on 2 gloo ranks; returns what each rank saved to ``rank<r>.pt``."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=ROOT, here=HERE, out=str(tmp_path), objective=objective))
+    script.write_text(worker.format(root=ROOT, here=HERE, out=str(tmp_path), objective=objective))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                            f"--master_port={free_port()}", str(script)], env=env, capture_output=True, text=True,
@@ -97,14 +98,7 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b_in_float64(tmp_path,
     from dreamer_ext.dist import SINGLE
     from equivalence import float64_updates
 
-    script = tmp_path / "worker.py"
-    script.write_text(EQUIV_WORKER.format(root=ROOT, here=HERE, out=str(tmp_path), objective=objective))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                           f"--master_port={free_port()}", str(script)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = run_two_ranks(tmp_path, objective, EQUIV_WORKER)
     one = float64_updates(objective, SINGLE, rows=slice(0, 4))
     start = float64_updates(objective, SINGLE, rows=slice(0, 4), updates=0)
     assert all(torch.equal(a, b) for a, b in zip(ranks[0], ranks[1]))
