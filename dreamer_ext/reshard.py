@@ -8,8 +8,8 @@ of *streams* (one per env of that rank), each a run of chunks. To continue with 
 
 1. lists every old stream as a *piece* (its retained positions and the chunks that hold them), reading only the small
    ``meta`` entry of each chunk file;
-2. when there are fewer pieces than K', splits the piece with the most chunks at a chunk boundary (the windows that
-   would cross the cut are lost; nothing else is) until every new rank can get one;
+2. when fewer than K' pieces hold a whole window, splits the piece with the most chunks at a chunk boundary (the
+   windows that would cross the cut are lost; no step is) until every new rank can get one;
 3. deals the pieces out by size, largest first, each to the rank holding the fewest steps so far (the same plan on every
    rank: it only depends on the checkpoints);
 4. loads its own pieces as *retired* streams (worker ids from ``num_envs`` on, so the live envs start new streams
@@ -89,16 +89,18 @@ def _chunk_meta(path: str) -> np.ndarray:
         raise CheckpointError(f"replay chunk {path!r} is unreadable ({type(e).__name__}: {e})") from None
 
 
-def plan_pieces(pieces: list[Piece], world: int, chunk_size: int) -> list[Piece]:
-    """``pieces`` split at chunk boundaries until there are at least ``world`` of them (the one with the most chunks is
-    cut in half each time). Raises CheckpointError when the replay is too small for ``world`` processes."""
+def plan_pieces(pieces: list[Piece], world: int, chunk_size: int, length: int = 1) -> list[Piece]:
+    """``pieces`` split at chunk boundaries until at least ``world`` of them hold a window of ``length`` steps, so
+    that every rank can sample (the piece with the most chunks is cut in half each time). An empty replay stays
+    empty. Raises CheckpointError when the replay is too small for ``world`` processes."""
     pieces = list(pieces)
-    while len(pieces) < world:
-        i = max(range(len(pieces)), key=lambda j: (len(pieces[j].chunks), -j), default=None)
-        if i is None or len(pieces[i].chunks) < 2:
-            raise CheckpointError(f"--resume: the replay of this checkpoint holds {len(pieces)} stream piece(s) of "
-                                  f"whole chunks ({chunk_size} steps each), too few to deal out to {world} processes; "
-                                  f"resume with at most {len(pieces)}")
+    usable = lambda: sum(p.steps >= length for p in pieces)  # noqa: E731
+    while pieces and usable() < world:
+        i = max(range(len(pieces)), key=lambda j: (len(pieces[j].chunks), -j))
+        if len(pieces[i].chunks) < 2:
+            raise CheckpointError(f"--resume: the replay of this checkpoint holds {usable()} stream piece(s) of at "
+                                  f"least {length} steps that split at chunk boundaries ({chunk_size} steps), too "
+                                  f"few to deal out to {world} processes; resume with at most {max(usable(), 1)}")
         p = pieces[i]
         cut = len(p.chunks) // 2
         mid = p.chunks[cut][0]  # the second half starts at a chunk's first position; the first half ends full
@@ -137,7 +139,7 @@ def deal_replay(shards: list[tuple[str, dict]], rank: int, world: int, num_envs:
     pieces = []
     for i, ((directory, _), rp) in enumerate(zip(shards, entries)):
         pieces += _stream_pieces(i, directory, rp)
-    pieces = plan_pieces(pieces, world, replay.chunk_size)
+    pieces = plan_pieces(pieces, world, replay.chunk_size, replay.length)
     mine = [pieces[i] for i in deal(pieces, world)[rank]]
     states = [rp["state"] for rp in entries]
     versions = [{int(u): int(v) for u, v in rp.get("latents", [])} for rp in entries]

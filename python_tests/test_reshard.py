@@ -118,3 +118,9 @@ def test_the_plan_splits_at_chunk_boundaries_and_is_balanced():
     assert loads == [37, 10]
     with pytest.raises(CheckpointError, match="resume with at most 2"):
         plan_pieces([Piece(0, 0, 0, 5, [(0, 1)]), Piece(0, 1, 0, 5, [(0, 2)])], 3, 8)
+    # a piece shorter than a window does not count: the long one is split instead, so every rank can sample
+    out = plan_pieces([Piece(0, 0, 0, 32, [(0, 1), (8, 2), (16, 3), (24, 4)]), Piece(0, 1, 0, 3, [(0, 5)])], 2, 8,
+                      length=5)
+    assert len(out) == 3 and sorted(p.steps for p in out) == [3, 16, 16]
+    assert [sum(out[i].steps for i in r) for r in deal(out, 2)] == [19, 16]  # both ranks hold a 16-step piece
+    assert plan_pieces([], 4, 8) == []  # an empty replay deals out as empty
