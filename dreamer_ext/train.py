@@ -284,8 +284,9 @@ def load_resume(cfg: Config, resume_from: str | None, d: Dist = SINGLE) -> tuple
     if payload is None:
         return None, TrainState()
     world = payload.get("dist", {}).get("world", 1)
-    if world != d.world:
-        payload["reshard"] = [rank_dir(cfg.logdir, Dist(r, world)) for r in range(world)]
+    if world != d.world:  # the shards sit beside the main checkpoint: <its run directory>/rank<r>
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(payload["path"])))
+        payload["reshard"] = [rank_dir(run_dir, Dist(r, world)) for r in range(world)]
     st = TrainState.from_dict(payload["train_state"], f"checkpoint {payload['path']!r}")
     st.resumes += 1
     return payload, st
@@ -304,7 +305,8 @@ def _load_shard(cfg: Config, resume_from: str | None, d: Dist) -> dict | None:
     main = load_checkpoint(path)
     if world != d.world:
         return main  # the replay is dealt out from every old shard (setup)
-    payload = load_checkpoint(os.path.join(rank_dir(cfg.logdir, d), CKPT_SUBDIR, os.path.basename(path)))
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # the shards sit beside the main checkpoint
+    payload = load_checkpoint(os.path.join(rank_dir(run_dir, d), CKPT_SUBDIR, os.path.basename(path)))
     payload["agent"] = main["agent"]
     return payload
 
