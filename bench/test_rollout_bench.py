@@ -21,7 +21,7 @@ from dreamer_ext import _C
 from dreamer_ext.agent import Agent
 from dreamer_ext.config import make_config
 from dreamer_ext.envs.spec import EnvSpec
-from dreamer_ext.fused_rollout import RolloutWeights, fused_act, fused_imagine, rollout_uniforms
+from dreamer_ext.fused_rollout import RolloutWeights, fused_act, fused_imagine, rollout_uniforms, z_indices
 
 H, A = 15, 17
 IMPLS = ["kernel", "ref_eager", "ref_compile"]
@@ -96,7 +96,7 @@ def test_act(benchmark, with_compile, case, impl):
     is_first = torch.zeros(n, dtype=torch.bool)
     if impl == "kernel":
         weights = RolloutWeights(rssm, agent.behavior.actor, "post")
-        carry = {**start, "action": prev}
+        carry = {**start, "action": prev, "z_index": z_indices(start["z"])}  # as Agent.policy's carry holds it
         fn = functools.partial(fused_act, weights, carry, embed, is_first, True, 7)
     else:
         uniforms = rollout_uniforms(7, n, 1, rssm.S, 1)

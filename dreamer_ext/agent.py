@@ -235,7 +235,10 @@ class Agent(nn.Module):
         action = action.detach().float()
         if not self.spec.discrete:
             action = action.clamp(-1.0, 1.0)
-        return action, {"h": post["h"], "z": post["z"], "action": action}
+        carry = {"h": post["h"], "z": post["z"], "action": action}
+        if "z_index" in post:  # the fused step's class indices: the next fused step reads them instead of z
+            carry["z_index"] = post["z_index"]
+        return action, carry
 
     def _act_weights(self) -> RolloutWeights:
         """The fused acting step's packed weights (kept, repacked only when a parameter changed)."""

@@ -50,6 +50,7 @@ class RolloutWeights:
         self.rssm, self.actor, self.latent = rssm, actor, latent
         self._params = [p for m in (rssm, actor) for p in m.parameters()]
         self._cache: dict = {}  # precision -> (parameter state, packed weights)
+        self._dims: dict = {}  # (n, horizon, bf16) -> the op's dims (the modules' sizes are fixed)
         self.packs = 0  # how many times weights were packed (tests)
 
     def _state(self) -> tuple:
@@ -89,6 +90,15 @@ class RolloutWeights:
         return out
 
     def dims(self, n: int, horizon: int, bf16: bool = False) -> list[int]:
+        key = (n, horizon, bool(bf16))
+        hit = self._dims.get(key)
+        if hit is None:
+            if len(self._dims) >= 16:
+                self._dims.clear()
+            hit = self._dims[key] = self._make_dims(n, horizon, bf16)
+        return list(hit)
+
+    def _make_dims(self, n: int, horizon: int, bf16: bool) -> list[int]:
         r, a = self.rssm, self.actor
         dims = [n, horizon, r.deter, r.g, r.hidden, r.S, r.C, a.act_dim, int(a.discrete),
                 int(r.in_h.norm.kind == "layer"), len(a.mlp), a.cfg.units, len(r.dyn), len(r.prior_mlp), int(bf16)]
@@ -125,11 +135,15 @@ def fused_act(weights: RolloutWeights, carry: dict, embed: torch.Tensor, is_firs
               seed: int | None = None, bf16: bool = False) -> tuple[torch.Tensor, dict]:
     """One acting step through :func:`ops.act` (``weights`` made with ``latent="post"``): ``carry = {"h", "z",
     "action"}`` of the previous step, ``embed [n, E]``, ``is_first [n]`` -> (action ``[n, A]``, posterior state
-    ``{"h", "z" one-hot}``)."""
+    ``{"h", "z" one-hot, "z_index"}``). ``z_index`` (int32 ``[n, S]``, the kernel's own output) spares the next step
+    the one-hot -> index conversion: a carry that has it must hold the same latent in ``z`` (this function's output
+    as it is)."""
     h = carry["h"].detach().float().contiguous()
     seed = draw_seed() if seed is None else seed
     n = h.shape[0]
-    hn, zn, a = ops.act(h, z_indices(carry["z"].detach()), carry["action"].detach().float(), is_first.bool(),
-                        embed.detach().float(), weights.get(bf16), weights.dims(n, 1, bf16), weights.floats(), seed,
-                        sample)
-    return a, {"h": hn, "z": F.one_hot(zn.long(), weights.rssm.C).float()}
+    zi = carry.get("z_index")
+    if zi is None:
+        zi = z_indices(carry["z"].detach())
+    hn, zn, a = ops.act(h, zi, carry["action"].detach().float(), is_first.bool(), embed.detach().float(),
+                        weights.get(bf16), weights.dims(n, 1, bf16), weights.floats(), seed, sample)
+    return a, {"h": hn, "z": F.one_hot(zn.long(), weights.rssm.C).float(), "z_index": zn}

@@ -359,7 +359,24 @@ def _rollout_shapes(d: dict, latent: str, latent_layers: int, embed_dim: int) ->
 _checked_weights: dict = {}
 
 
+# dims lists already checked (tuple of ints -> their dict): the acting step runs this every env step
+_checked_dims: dict = {}
+
+
 def _check_model_dims(dims, names) -> dict:
+    key = (tuple(dims), names)
+    hit = _checked_dims.get(key)
+    if hit is not None and all(type(v) is int for v in dims):  # 1.0 hashes like 1: the types are checked every call
+        return hit
+    d = _check_model_dims_uncached(dims, names)
+    d["_model_key"] = tuple(v for k, v in d.items() if k not in ("n", "horizon"))
+    if len(_checked_dims) >= 64:
+        _checked_dims.pop(next(iter(_checked_dims)))
+    _checked_dims[key] = d
+    return d
+
+
+def _check_model_dims_uncached(dims, names) -> dict:
     if len(dims) != len(names) or not all(isinstance(v, int) and not isinstance(v, bool) for v in dims):
         raise ValueError(f"dims: expected {len(names)} ints {names}, got {dims!r}")
     d = dict(zip(names, dims))
@@ -380,10 +397,10 @@ def _check_model_dims(dims, names) -> dict:
     return d
 
 
-def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, z_min: int) -> bool:
+def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, z_min: int) -> list | None:
     """The state tensors every call; the weights (``shapes_of()`` gives their expected shapes) only for a list of
-    tensors not checked before. Returns True when the list was checked before (it is then contiguous and detached
-    as it is)."""
+    tensors not checked before. Returns the weights' data pointers when the list was checked before (it is then
+    contiguous and detached as it is), else None."""
     if len(floats) != 4:
         raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
@@ -399,9 +416,10 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
     if lo_hi is not None and (int(lo_hi.min) < z_min or int(lo_hi.max) >= C):
         raise ValueError(f"z0: class indices must lie in [{z_min}, {C})")
     _check_same_device("h0", h0, "z0", z0)
-    key = (tuple(map(id, weights)), tuple(v for k, v in d.items() if k not in ("n", "horizon")), h0.device)
-    if key in _checked_weights:  # the same tensors checked before (e.g. one packing, used every acting step)
-        return True
+    key = (tuple(map(id, weights)), d["_model_key"], h0.device)  # _model_key: the dims that fix the weights' shapes
+    hit = _checked_weights.get(key)
+    if hit is not None:  # the same tensors checked before (e.g. one packing, used every acting step)
+        return hit[1]
     shapes = shapes_of()
     if len(weights) != len(shapes):
         raise ValueError(f"weights: expected {len(shapes)} tensors ({[k for k, _ in shapes]}), got {len(weights)}")
@@ -419,11 +437,12 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
         if len(_checked_weights) >= 8:
             _checked_weights.pop(next(iter(_checked_weights)))
         # forget the list as soon as any of its tensors is freed: a new tensor could then reuse that id
-        _checked_weights[key] = [weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None]
-    return False
+        _checked_weights[key] = ([weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None],
+                                 None if _kernel_module is None else _kernel_module.weight_ptrs(weights))
+    return None
 
 
-def _check_rollout(h0, z0, weights, dims, floats, seed) -> bool:
+def _check_rollout(h0, z0, weights, dims, floats, seed) -> list | None:
     d = _check_model_dims(dims, ROLLOUT_DIMS)
     return _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
 
@@ -442,14 +461,15 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     """
     if not isinstance(row0, int) or row0 < 0 or row0 + h0.shape[0] > 2 ** 32:
         raise ValueError(f"row0: expected an int >= 0 with row0 + N <= 2^32, got {row0!r}")
-    if not _check_rollout(h0, z0, weights, list(dims), list(floats), seed):
+    ptrs = _check_rollout(h0, z0, weights, list(dims), list(floats), seed)
+    if ptrs is None:
         weights = _detached(weights)
     h0, z0 = h0.detach().contiguous(), z0.contiguous()
     if _backend == "reference":
         return reference.rollout(h0, z0, weights, dims, floats, seed, row0)
     if torch.compiler.is_compiling():
         return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0)
-    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0)
+    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0, ptrs=ptrs)
 
 
 def _detached(weights: list) -> list:
@@ -470,7 +490,8 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     d = _check_model_dims(dims, ACT_DIMS)
     if d["horizon"] != 1:
         raise ValueError(f"dims: the acting step takes horizon 1, got {d['horizon']}")
-    if not _check_state_and_weights(d, h, z, weights, lambda: act_weight_shapes(dims), list(floats), seed, -1):
+    ptrs = _check_state_and_weights(d, h, z, weights, lambda: act_weight_shapes(dims), list(floats), seed, -1)
+    if ptrs is None:
         weights = _detached(weights)
     n, A, E = d["n"], d["act_dim"], d["embed_dim"]
     for name, t, shape in (("prev_action", prev_action, (n, A)), ("embed", embed, (n, E))):
@@ -487,4 +508,4 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
         return reference.act(*args, weights, dims, floats, seed, bool(sample))
     if torch.compiler.is_compiling():
         return torch.ops.dreamer_ext.act(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))
-    return _kernel_module._act_impl(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))
+    return _kernel_module._act_impl(*args, weights, dims, [float(f) for f in floats], seed, bool(sample), ptrs=ptrs)

@@ -227,9 +227,15 @@ def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
     return (work, work.data_ptr()) + _launch(t, emulate)[1:]
 
 
-def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, mod=_C, emulate=False):
+def weight_ptrs(weights: list) -> list[int]:
+    """The kernels' weight pointers (0 for an absent tensor)."""
+    return [0 if w is None else w.data_ptr() for w in weights]
+
+
+def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, mod=_C, emulate=False, ptrs=None):
+    """``ptrs``: the weights' pointers when the caller has them (``ops.rollout`` keeps them with a checked list)."""
     h, z, a = _rollout_outputs(h0, dims)
-    ptrs = [0 if w is None else w.data_ptr() for w in weights]
+    ptrs = weight_ptrs(weights) if ptrs is None else ptrs
     work, *launch = _device_args(h0, mod, dims, emulate)
     mod.rollout(list(dims), list(floats), int(seed), int(row0), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
                 a.data_ptr(), *launch)
@@ -250,10 +256,11 @@ def _act_outputs(h, dims):
     return h.new_empty(n, D), h.new_empty(n, S, dtype=torch.int32), h.new_empty(n, A)
 
 
-def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C, emulate=False):
+def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C, emulate=False,
+              ptrs=None):
     h_out, z_out, a_out = _act_outputs(h, dims)
-    ptrs = [0 if w is None else w.data_ptr() for w in weights]
-    first = is_first.to(torch.uint8)
+    ptrs = weight_ptrs(weights) if ptrs is None else ptrs
+    first = is_first if is_first.dtype in (torch.bool, torch.uint8) else is_first.to(torch.uint8)  # 1 byte of 0/1
     work, work_ptr, cuda, nthreads, stream, device = _device_args(h, mod, dims, emulate)
     mod.act(list(dims), list(floats), int(seed), ptrs, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(),
             first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), work_ptr,
