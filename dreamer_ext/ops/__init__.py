@@ -361,12 +361,13 @@ _checked_weights: dict = {}
 
 # dims lists already checked (tuple of ints -> their dict): the acting step runs this every env step
 _checked_dims: dict = {}
+_INT_ONLY = {int}
 
 
 def _check_model_dims(dims, names) -> dict:
     key = (tuple(dims), names)
     hit = _checked_dims.get(key)
-    if hit is not None and all(type(v) is int for v in dims):  # 1.0 hashes like 1: the types are checked every call
+    if hit is not None and set(map(type, dims)) == _INT_ONLY:  # 1.0 hashes like 1: the types are checked every call
         return hit
     d = _check_model_dims_uncached(dims, names)
     d["_model_key"] = tuple(v for k, v in d.items() if k not in ("n", "horizon"))
