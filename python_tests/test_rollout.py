@@ -402,3 +402,23 @@ def test_a_checked_dims_list_still_rejects_a_float_in_place_of_an_int():
     bad = [float(v) if i == 2 else v for i, v in enumerate(dims)]   # 64.0 hashes like 64
     with pytest.raises(ValueError, match="dims"):
         ops.act(h, z, prev, first, embed, W.get(), bad, W.floats(), 5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_row_gives_bitwise_the_same_result_in_a_large_and_a_small_call(bf16):
+    """The CPU kernel's rows are independent: a row computed among 19 (several 6-row matmul tiles) and among 5 (one partial tile) is bitwise the same, at size12m widths (K up to 2560, columns in
+    64-wide panels plus a tail), for the rollout (rows placed by row0) and the acting step (its first rows)."""
+    agent, _ = model(preset="size12m")
+    r, a = agent.wm.rssm, agent.behavior.actor
+    W = RolloutWeights(r, a)
+    start = starts(r, 19)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    whole = ops.rollout(h0, z0, W.get(bf16), W.dims(19, 2, bf16), W.floats(), 3)
+    part = ops.rollout(h0[11:16], z0[11:16], W.get(bf16), W.dims(5, 2, bf16), W.floats(), 3, row0=11)
+    assert all(torch.equal(p, w[:, 11:16]) for p, w in zip(part, whole))
+    P = RolloutWeights(r, a, "post")
+    h, z, prev, first, embed = act_inputs(agent, 19)
+    whole = ops.act(h, z, prev, first, embed, P.get(bf16), P.dims(19, 1, bf16), P.floats(), 3, False)
+    part = ops.act(h[:5], z[:5], prev[:5], first[:5], embed[:5], P.get(bf16), P.dims(5, 1, bf16), P.floats(), 3,
+                   False)  # the acting step's row i draws Philox row i: the first rows share their draws
+    assert all(torch.equal(p, w[:5]) for p, w in zip(part, whole))
