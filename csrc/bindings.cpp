@@ -383,5 +383,9 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   m.def("selftest_histogram", [](uintptr_t bucket, int64_t n, uintptr_t counts) {
     dx::selftest::histogram(ptr<const int32_t>(bucket), n, ptr<int32_t>(counts));
   }, py::arg("bucket"), py::arg("n"), py::arg("counts"), nogil);
+  m.def("selftest_mma_bf16", [](uintptr_t a, uintptr_t b, uintptr_t c, uintptr_t d) {
+    dx::selftest::mma_bf16(ptr<const uint16_t>(a), ptr<const uint16_t>(b), ptr<const float>(c), ptr<float>(d));
+  }, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"), nogil,
+     "d = c + a @ b by one emulated warp's tensor-core step (a [16, 16], b [16, 8] bf16 bits; c, d [16, 8] float32).");
 #endif
 }

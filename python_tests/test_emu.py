@@ -273,3 +273,24 @@ def test_emu_kernels_search_the_bins_once_per_row(emu, op):
     before = emu.bin_searches()
     run()
     assert emu.bin_searches() - before == rows
+
+
+@pytest.mark.parametrize("values", ["integers", "normal"])
+def test_emu_tensor_core_step_follows_the_ptx_fragment_layout(emu, values):
+    """One warp's m16n8k16 bf16 step (csrc/cuda/mma.h): every lane loads its A, B and C fragments in the PTX layout
+    and the result lands where the layout says. Integer-valued inputs make every sum exact, so the layout is checked
+    exactly; with normal inputs the float32 sums agree with float64 to rounding."""
+    g = torch.Generator().manual_seed(5)
+    if values == "integers":
+        a, b = (torch.randint(-8, 9, s, generator=g).float() for s in ((16, 16), (16, 8)))
+        c = torch.randint(-100, 101, (16, 8), generator=g).float()
+    else:
+        a, b, c = torch.randn(16, 16, generator=g), torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    d = torch.full((16, 8), math.nan)
+    emu.selftest_mma_bf16(a16.view(torch.int16).data_ptr(), b16.view(torch.int16).data_ptr(), c.data_ptr(), d.data_ptr())
+    want = c.double() + a16.double() @ b16.double()
+    if values == "integers":
+        assert torch.equal(d.double(), want)
+    else:
+        torch.testing.assert_close(d.double(), want, atol=1e-5, rtol=1e-5)

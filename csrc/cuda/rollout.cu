@@ -10,10 +10,14 @@
 // size or the thread count. One-hot inputs are gathered weight rows; norms reduce a row within one warp; the
 // three gate columns (r, c, u) of a block-GRU unit are computed by one thread, which updates h in its epilogue.
 // bf16 compute: the weights are the same bf16 k-pairs the CPU reads, the inputs are rounded to bf16 as they are
-// loaded, products are exact in float32 and sums float32.
-// Not yet here: tensor cores (wmma/mma) and the phase kernels over tiles for large N; this kernel is the spec's
-// choice for size1m and acting and a correct baseline at every size.
+// loaded, products are exact in float32 and sums float32. The dense layers (actor layers after the first, actor
+// output, prior/posterior MLP and output) run on tensor cores in bf16 (mma.h: a warp per 16 x 8 output tile, a k-pair
+// weight word is an mma B register as it is); the gathers, the actor's first layer and the core's block-linear
+// layers still use the per-thread column loops.
+// Not yet here: tensor cores for the core's block-linear layers and the phase kernels over tiles for large N; this
+// kernel is the spec's choice for size1m and acting and a correct baseline at every size.
 #include "launch.h"
+#include "mma.h"
 #include "../common/kernels.h"
 #include "../common/rollout.h"
 
@@ -135,17 +139,59 @@ __device__ void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, 
   }
 }
 
-// Y[:R, :out] = X[:R, :in] @ W + b (columns over the threads), then the norm + SiLU if the layer has one.
-// X2/in2: a second input read by rows in.. of the weight (the posterior's [h', embed]).
+// c += bf16(X[:R, :K]) @ Wb[:K, n] for this lane's mma fragments (tensor cores, mma.h): the tile's kTile = 16 rows are
+// the mma's 16 (rows >= R and k >= K read as zeros; an odd K's last k-pair word has a zero high half), Wb the bf16
+// k-pair words [ceil(K/2), ld], n this lane's B column (g) of the warp's 8-column group (valid: n_ok).
+__device__ __forceinline__ void mma_acc(float c[4], int R, const float* X, int64_t ldx, int K, const uint32_t* Wb,
+                                        int64_t ld, int n, bool n_ok) {
+  const int lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;
+  auto x_at = [&](int r, int k) { return r < R && k < K ? X[r * ldx + k] : 0.0f; };
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int k = k0 + 2 * t;
+    const uint32_t a[4] = {pack_bf16x2(x_at(g, k), x_at(g, k + 1)), pack_bf16x2(x_at(g + 8, k), x_at(g + 8, k + 1)),
+                           pack_bf16x2(x_at(g, k + 8), x_at(g, k + 9)),
+                           pack_bf16x2(x_at(g + 8, k + 8), x_at(g + 8, k + 9))};
+    const uint32_t b[2] = {n_ok && k < K ? Wb[int64_t(k / 2) * ld + n] : 0u,
+                           n_ok && k + 8 < K ? Wb[int64_t((k + 8) / 2) * ld + n] : 0u};
+    mma_bf16_16x8x16(c, a, b);
+  }
+}
+
+// The bf16 matmul of dense() on tensor cores: a warp per 8-column group of the output (groups w, w + kWarps, ...),
+// 16 x 8 accumulators starting from the bias.
+__device__ void dense_mma(const DenseW& L, int R, const float* X, int64_t ldx, int in, float* Y, int64_t ldy,
+                          const float* X2, int64_t ldx2, int in2) {
+  static_assert(kTile == 16, "the tensor-core path takes 16-row tiles (the mma's M)");
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, g = lane / 4, t = lane % 4;
+  const uint32_t* Wb = reinterpret_cast<const uint32_t*>(L.wb);
+  for (int n0 = warp * 8; n0 < L.out; n0 += kWarps * 8) {  // uniform per warp: every lane takes the mma
+    const int n = n0 + g, c0 = n0 + 2 * t;
+    const float b0 = c0 < L.out ? L.b[c0] : 0.0f, b1 = c0 + 1 < L.out ? L.b[c0 + 1] : 0.0f;
+    float c[4] = {b0, b1, b0, b1};
+    mma_acc(c, R, X, ldx, in, Wb, L.out, n, n < L.out);
+    if (X2) mma_acc(c, R, X2, ldx2, in2, Wb + int64_t(in / 2) * L.out, L.out, n, n < L.out);
+    for (int i = 0; i < 4; ++i) {
+      const int r = g + (i >= 2 ? 8 : 0), col = c0 + (i & 1);
+      if (r < R && col < L.out) Y[r * ldy + col] = c[i];
+    }
+  }
+}
+
+// Y[:R, :out] = X[:R, :in] @ W + b (float32: columns over the threads; bf16: tensor cores), then the norm + SiLU if
+// the layer has one. X2/in2: a second input read by rows in.. of the weight (the posterior's [h', embed]).
 __device__ void dense(const DenseW& L, int R, const float* X, int64_t ldx, int in, float* Y, int64_t ldy, int kind,
                       const float* X2 = nullptr, int64_t ldx2 = 0, int in2 = 0) {
-  float acc[kTile];
-  for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
-    const Col W = col_of(L, o);
-    col_init(acc, L.b[o]);
-    col_acc(acc, R, X, ldx, W, in);
-    if (X2) col_acc(acc, R, X2, ldx2, W.shift(in), in2);
-    col_store(acc, R, Y + o, ldy);
+  if (L.wb) {
+    dense_mma(L, R, X, ldx, in, Y, ldy, X2, ldx2, in2);
+  } else {
+    float acc[kTile];
+    for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
+      const Col W = col_of(L, o);
+      col_init(acc, L.b[o]);
+      col_acc(acc, R, X, ldx, W, in);
+      if (X2) col_acc(acc, R, X2, ldx2, W.shift(in), in2);
+      col_store(acc, R, Y + o, ldy);
+    }
   }
   __syncthreads();
   if (L.nw) {

@@ -10,6 +10,8 @@
 #define DX_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
 #endif
 
+#include "../cuda/mma.h"
+
 namespace dx { namespace selftest {
 
 namespace {
@@ -53,6 +55,21 @@ __global__ void histogram_kernel(const int32_t* bucket, int64_t n, int32_t* coun
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) atomicAdd(&counts[bucket[i]], 1);
 }
 
+__global__ void mma_kernel(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+  const unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto pair = [](const uint16_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 16); };
+  auto col_pair = [&](unsigned k, unsigned n) { return uint32_t(b[k * 8 + n]) | (uint32_t(b[(k + 1) * 8 + n]) << 16); };
+  const uint32_t af[4] = {pair(a + g * 16 + 2 * t), pair(a + (g + 8) * 16 + 2 * t), pair(a + g * 16 + 2 * t + 8),
+                          pair(a + (g + 8) * 16 + 2 * t + 8)};
+  const uint32_t bf[2] = {col_pair(2 * t, g), col_pair(2 * t + 8, g)};
+  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+  dx::cuda::mma_bf16_16x8x16(acc, af, bf);
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
 unsigned blocks(int64_t n, int per_block) { return unsigned((n + per_block - 1) / per_block); }
 }  // namespace
 
@@ -72,6 +89,9 @@ void warp_xor(const int64_t* x, int64_t n, int mask, int width, int64_t* out) {
 }
 void histogram(const int32_t* bucket, int64_t n, int32_t* counts) {
   if (n > 0) DX_LAUNCH(histogram_kernel, dim3(3), dim3(96), 0)(bucket, n, counts);
+}
+void mma_bf16(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
+  DX_LAUNCH(mma_kernel, dim3(1), dim3(32), 0)(a, b, c, d);
 }
 
 }}  // namespace dx::selftest

@@ -1,5 +1,6 @@
 // Small kernels that exercise the SIMT emulation's primitives which the op kernels do not use yet
-// (__shared__, __syncthreads, __shfl_sync, __shfl_down_sync, atomicAdd, 2-D blocks and grids).
+// (__shared__, __syncthreads, __shfl_sync, __shfl_down_sync, atomicAdd, 2-D blocks and grids), and the warp matrix
+// step's fragment layout.
 // Compiled into dreamer_ext._emu (run by python_tests/test_emu.py) and, in CUDA builds, by nvcc as a
 // compile check, so the same source is known to be valid CUDA. Host pointers in, results written.
 #pragma once
@@ -24,5 +25,9 @@ void warp_xor(const int64_t* x, int64_t n, int mask, int width, int64_t* out);
 
 // counts[b] += number of i < n with bucket[i] == b, by atomicAdd from every thread (contention).
 void histogram(const int32_t* bucket, int64_t n, int32_t* counts);
+
+// d = c + a @ b by one warp through the tensor-core step of csrc/cuda/mma.h, each lane loading its fragments in the
+// PTX m16n8k16 layout: a [16, 16] and b [16, 8] row-major bf16 bits, c and d [16, 8] row-major float32.
+void mma_bf16(const uint16_t* a, const uint16_t* b, const float* c, float* d);
 
 }}  // namespace dx::selftest

@@ -14,7 +14,8 @@
 //
 // Supported: 1-3-D grids and blocks (at most 1024 threads per block), threadIdx/blockIdx/blockDim/
 // gridDim, __syncthreads, __shfl_sync / __shfl_down_sync / __shfl_xor_sync (any width that is a power
-// of two up to 32; every lane of the warp must take part, the mask is not checked), atomicAdd, and a
+// of two up to 32; every lane of the warp must take part, the mask is not checked), the fragment exchange of
+// the warp matrix operations (warp_publish / warp_release, full warps only), atomicAdd, and a
 // per-host-thread current device (cudaGetDevice/cudaSetDevice over kEmulatedDevices devices).
 #pragma once
 
@@ -57,6 +58,7 @@ struct Warp {
   explicit Warp(std::ptrdiff_t lanes) : barrier(lanes) {}
   std::barrier<> barrier;
   alignas(8) unsigned char slots[32][8];
+  uint32_t frags[32][6];  // warp_publish: each lane's six fragment registers
 };
 
 struct Block {
@@ -109,6 +111,18 @@ template <typename T, typename SrcLane> T warp_exchange(T v, SrcLane src) {
   w.barrier.arrive_and_wait();
   return out;
 }
+
+// Warp matrix operations (csrc/cuda/mma.h): every lane publishes its six fragment registers; after the barrier each
+// lane reads all 32 lanes' registers from the returned table, then calls warp_release (a second barrier) before the
+// table may be written again.
+inline const uint32_t (*warp_publish(const uint32_t (&regs)[6]))[6] {
+  const unsigned tid = linear_tid();
+  Warp& w = *tl_ctx->block->warps[tid / 32];
+  std::memcpy(w.frags[tid % 32], regs, sizeof regs);
+  w.barrier.arrive_and_wait();
+  return w.frags;
+}
+inline void warp_release() { tl_ctx->block->warps[linear_tid() / 32]->barrier.arrive_and_wait(); }
 
 // Runs kernel(args...) over grid x block with CUDA's semantics for the features above.
 template <typename... KArgs> struct Launch {
