@@ -42,6 +42,15 @@ def test_emulated_cuda_rollout_matches_the_pytorch_twin(emu, case, n, bf16):
     assert_agrees_with_twin(out, ref, bf16, bf16_agreement=0.99)
 
 
+@pytest.mark.parametrize("deter, blocks, hidden", [(24, 2, 12), (32, 4, 20)])
+def test_emulated_cuda_bf16_widths_that_are_not_multiples_of_8(emu, deter, blocks, hidden):
+    """The tensor-core paths take 8-column groups: a block width of 12 (the core's layers fall back to the column
+    loops) and layer widths of 20 (the dense layers' last group is partly outside the layer) still match the twin."""
+    agent, W = model(rssm={"deter": deter, "blocks": blocks, "hidden": hidden}, actor={"units": hidden})
+    out, ref, _ = emulated_rollout(emu, W, starts(agent.wm.rssm, 19), 3, seed=5, bf16=True)
+    assert_agrees_with_twin(out, ref, True, bf16_agreement=0.99)
+
+
 def test_emulated_cuda_rollout_offsets_its_philox_rows(emu):
     agent, W = model()
     start = starts(agent.wm.rssm, 21)

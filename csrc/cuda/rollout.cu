@@ -12,10 +12,11 @@
 // bf16 compute: the weights are the same bf16 k-pairs the CPU reads, the inputs are rounded to bf16 as they are
 // loaded, products are exact in float32 and sums float32. The dense layers (actor layers after the first, actor
 // output, prior/posterior MLP and output) run on tensor cores in bf16 (mma.h: a warp per 16 x 8 output tile, a k-pair
-// weight word is an mma B register as it is); the gathers, the actor's first layer and the core's block-linear
-// layers still use the per-thread column loops.
-// Not yet here: tensor cores for the core's block-linear layers and the phase kernels over tiles for large N; this
-// kernel is the spec's choice for size1m and acting and a correct baseline at every size.
+// weight word is an mma B register as it is), and so do the core's block-linear layers when a block's width is a
+// multiple of 8 (the GRU's warp holds the r, c and u tiles of the same 8 units and updates h in registers); the
+// gathers, the core's three input layers and the actor's first layer still use the per-thread column loops.
+// Not yet here: the phase kernels over tiles for large N; this kernel is the spec's choice for size1m and acting and
+// a correct baseline at every size.
 #include "launch.h"
 #include "mma.h"
 #include "../common/kernels.h"
@@ -293,6 +294,18 @@ __device__ void pick_actions(const RolloutParams& p, const Work& w, int R, int64
   __syncthreads();
 }
 
+// c += (block i's input) @ Wb[:, n] on tensor cores: the first block-linear layer reads [h block i (hb), x3 (H3)],
+// a later one xin block i (ib); Wb is block i's bf16 k-pair words [ceil(ib/2), ld].
+__device__ __forceinline__ void block_mma(float c[4], int R, const float* xin, const float* h, const float* x3, int D,
+                                          int H3, int hb, int ib, int i, const uint32_t* Wb, int64_t ld, int n) {
+  if (xin) {
+    mma_acc(c, R, xin + int64_t(i) * ib, D, ib, Wb, ld, n, true);
+  } else {
+    mma_acc(c, R, h + int64_t(i) * hb, D, hb, Wb, ld, n, true);
+    mma_acc(c, R, x3, H3, H3, Wb + int64_t(hb / 2) * ld, ld, n, true);
+  }
+}
+
 // The block-GRU core: hn [R, D] from h, the z indices and the action (discrete: w.aidx, < 0 none; continuous: w.an).
 __device__ void core_step(const RolloutParams& p, const Work& w, int R, const float* h, const int32_t* z, float* hn) {
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
@@ -315,30 +328,63 @@ __device__ void core_step(const RolloutParams& p, const Work& w, int R, const fl
   const int hb = D / g;
   const float* xin = nullptr;
   float* dbuf[2] = {w.da, w.db};
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, fg = lane / 4, ft = lane % 4;  // mma fragments
   for (int l = 0; l < p.dyn_layers; ++l) {
     const BlockW& L = p.dyn[l];
     const int ob = L.out / g, ib = L.in / g;
-    for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
-      const int i = o / ob, j = o % ob;
-      const Col W{L.w ? L.w + int64_t(i) * ib * ob + j : nullptr,
-                  L.wb ? reinterpret_cast<const uint32_t*>(L.wb) + int64_t(i) * ((ib + 1) / 2) * ob + j : nullptr, ob};
-      col_init(acc, L.b[o]);
-      if (xin) {
-        col_acc(acc, R, xin + int64_t(i) * ib, D, W, ib);
-      } else {
-        col_acc(acc, R, h + int64_t(i) * hb, D, W, hb);
-        col_acc(acc, R, w.x3, H3, W.shift(hb), H3);
+    if (L.wb && ob % 8 == 0) {  // bf16 on tensor cores: a warp per 8 columns of one block
+      for (int n0 = warp * 8; n0 < L.out; n0 += kWarps * 8) {
+        const int i = n0 / ob, c0 = n0 + 2 * ft;
+        const uint32_t* Wb = reinterpret_cast<const uint32_t*>(L.wb) + int64_t(i) * ((ib + 1) / 2) * ob;
+        float c[4] = {L.b[c0], L.b[c0 + 1], L.b[c0], L.b[c0 + 1]};
+        block_mma(c, R, xin, h, w.x3, D, H3, hb, ib, i, Wb, ob, n0 % ob + fg);
+        for (int e = 0; e < 4; ++e)
+          if (fg + (e >= 2 ? 8 : 0) < R) dbuf[l & 1][int64_t(fg + (e >= 2 ? 8 : 0)) * D + c0 + (e & 1)] = c[e];
       }
-      col_store(acc, R, dbuf[l & 1] + o, D);
+    } else {
+      for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
+        const int i = o / ob, j = o % ob;
+        const Col W{L.w ? L.w + int64_t(i) * ib * ob + j : nullptr,
+                    L.wb ? reinterpret_cast<const uint32_t*>(L.wb) + int64_t(i) * ((ib + 1) / 2) * ob + j : nullptr, ob};
+        col_init(acc, L.b[o]);
+        if (xin) {
+          col_acc(acc, R, xin + int64_t(i) * ib, D, W, ib);
+        } else {
+          col_acc(acc, R, h + int64_t(i) * hb, D, W, hb);
+          col_acc(acc, R, w.x3, H3, W.shift(hb), H3);
+        }
+        col_store(acc, R, dbuf[l & 1] + o, D);
+      }
     }
     __syncthreads();
     norm_silu(R, dbuf[l & 1], D, D, L.nw, L.nb, p.norm);
     __syncthreads();
     xin = dbuf[l & 1];
   }
-  // gate layer: one thread computes unit j of block i's r, c and u columns and writes h'
+  // gate layer: one thread (float32) or one warp (bf16: 8 units) computes the r, c and u columns and writes h'
   const BlockW& G = p.gru;
   const int db = D / g, ob = 3 * db, ib = G.in / g;
+  if (G.wb && db % 8 == 0) {  // bf16 on tensor cores: a warp holds the r, c and u tiles of the same 8 units
+    for (int n0 = warp * 8; n0 < D; n0 += kWarps * 8) {
+      const int i = n0 / db, j0 = n0 % db;
+      const uint32_t* Wb = reinterpret_cast<const uint32_t*>(G.wb) + int64_t(i) * ((ib + 1) / 2) * ob;
+      const float* bias = G.b + int64_t(i) * ob;
+      float cq[3][4];
+      for (int q = 0; q < 3; ++q) {
+        const int c0 = q * db + j0 + 2 * ft;
+        cq[q][0] = cq[q][2] = bias[c0];
+        cq[q][1] = cq[q][3] = bias[c0 + 1];
+        block_mma(cq[q], R, xin, h, w.x3, D, H3, hb, ib, i, Wb, ob, q * db + j0 + fg);
+      }
+      for (int e = 0; e < 4; ++e) {
+        const int r = fg + (e >= 2 ? 8 : 0);
+        const int64_t o = int64_t(r) * D + n0 + 2 * ft + (e & 1);
+        if (r < R) hn[o] = gru_update(cq[0][e], cq[1][e], cq[2][e], h[o]);
+      }
+    }
+    __syncthreads();
+    return;
+  }
   float ar[kTile], ac[kTile], au[kTile];
   for (int o = threadIdx.x; o < D; o += blockDim.x) {
     const int i = o / db, j = o % db;
