@@ -13,8 +13,9 @@
 // loaded, products are exact in float32 and sums float32. The dense layers (actor layers after the first, actor
 // output, prior/posterior MLP and output) run on tensor cores in bf16 (mma.h: a warp per 16 x 8 output tile, a k-pair
 // weight word is an mma B register as it is), and so do the core's block-linear layers when a block's width is a
-// multiple of 8 (the GRU's warp holds the r, c and u tiles of the same 8 units and updates h in registers); the
-// gathers, the core's three input layers and the actor's first layer still use the per-thread column loops.
+// multiple of 8 (the GRU's warp holds the r, c and u tiles of the same 8 units and updates h in registers), the
+// core's in_h layer and the actor's first layer (its one-hot z rows added as gathers at the fragment positions); only
+// the gather-only layers (in_z, a discrete in_a) and a continuous in_a keep the per-thread column loops.
 // Not yet here: the phase kernels over tiles for large N; this kernel is the spec's choice for size1m and acting and
 // a correct baseline at every size.
 #include "launch.h"
@@ -158,10 +159,28 @@ __device__ __forceinline__ void mma_acc(float c[4], int R, const float* X, int64
   }
 }
 
+// c[e] += the weight rows of a one-hot input idx [R, S] (C classes; < 0: an all-zero group) at this lane's fragment
+// positions (rows g, g + 8; columns c0, c0 + 1 below `out`), from bf16 k-pair words Wb [., ld].
+__device__ __forceinline__ void gather_frag(float c[4], int R, const int32_t* idx, int64_t ldi, int S, int C,
+                                            const uint32_t* Wb, int64_t ld, int c0, int out) {
+  const int g = threadIdx.x % kWarp / 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + (e >= 2 ? 8 : 0), col = c0 + (e & 1);
+    if (r >= R || col >= out) continue;
+    for (int s = 0; s < S; ++s) {
+      const int32_t i = idx[r * ldi + s];
+      if (i < 0) continue;
+      const int64_t k = int64_t(s) * C + i;
+      c[e] += bf16_to_f32(uint16_t(Wb[(k >> 1) * ld + col] >> (16 * (k & 1))));
+    }
+  }
+}
+
 // The bf16 matmul of dense() on tensor cores: a warp per 8-column group of the output (groups w, w + kWarps, ...),
-// 16 x 8 accumulators starting from the bias.
+// 16 x 8 accumulators starting from the bias. idx/S/C: a one-hot input read by the weight rows after X (and X2), as
+// gathers (the actor's first layer reads [h, onehot z]).
 __device__ void dense_mma(const DenseW& L, int R, const float* X, int64_t ldx, int in, float* Y, int64_t ldy,
-                          const float* X2, int64_t ldx2, int in2) {
+                          const float* X2, int64_t ldx2, int in2, const int32_t* idx = nullptr, int S = 0, int C = 0) {
   static_assert(kTile == 16, "the tensor-core path takes 16-row tiles (the mma's M)");
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, g = lane / 4, t = lane % 4;
   const uint32_t* Wb = reinterpret_cast<const uint32_t*>(L.wb);
@@ -171,6 +190,7 @@ __device__ void dense_mma(const DenseW& L, int R, const float* X, int64_t ldx, i
     float c[4] = {b0, b1, b0, b1};
     mma_acc(c, R, X, ldx, in, Wb, L.out, n, n < L.out);
     if (X2) mma_acc(c, R, X2, ldx2, in2, Wb + int64_t(in / 2) * L.out, L.out, n, n < L.out);
+    if (idx) gather_frag(c, R, idx, S, S, C, Wb + int64_t((in + in2) / 2) * L.out, L.out, c0, L.out);
     for (int i = 0; i < 4; ++i) {
       const int r = g + (i >= 2 ? 8 : 0), col = c0 + (i & 1);
       if (r < R && col < L.out) Y[r * ldy + col] = c[i];
@@ -251,12 +271,16 @@ __device__ const float* actor_logits(const RolloutParams& p, const Work& w, int 
   for (int l = 0; l < p.actor_layers; ++l) {
     const DenseW& L = p.actor[l];
     if (l == 0) {
-      for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
-        const Col W = col_of(L, o);
-        col_init(acc, L.b[o]);
-        col_acc(acc, R, h, D, W, D);
-        col_gather(acc, R, z, S, S, C, W.shift(D));
-        col_store(acc, R, y + o, L.out);
+      if (L.wb) {
+        dense_mma(L, R, h, D, D, y, L.out, nullptr, 0, 0, z, S, C);
+      } else {
+        for (int o = threadIdx.x; o < L.out; o += blockDim.x) {
+          const Col W = col_of(L, o);
+          col_init(acc, L.b[o]);
+          col_acc(acc, R, h, D, W, D);
+          col_gather(acc, R, z, S, S, C, W.shift(D));
+          col_store(acc, R, y + o, L.out);
+        }
       }
       __syncthreads();
       norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
@@ -310,7 +334,9 @@ __device__ __forceinline__ void block_mma(float c[4], int R, const float* xin, c
 __device__ void core_step(const RolloutParams& p, const Work& w, int R, const float* h, const int32_t* z, float* hn) {
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
   float acc[kTile];
-  for (int o = threadIdx.x; o < H3; o += blockDim.x) {  // the three input layers side by side in x3
+  const bool h_mma = p.in_h.wb != nullptr;  // bf16: in_h (x3's first Hd columns) on tensor cores, the gathers below
+  if (h_mma) dense_mma(p.in_h, R, h, D, D, w.x3, H3, nullptr, 0, 0);
+  for (int o = (h_mma ? Hd : 0) + threadIdx.x; o < H3; o += blockDim.x) {  // the three input layers side by side in x3
     const int part = o / Hd, j = o % Hd;
     const DenseW& L = part == 0 ? p.in_h : part == 1 ? p.in_z : p.in_a;
     const Col W = col_of(L, j);
