@@ -176,6 +176,15 @@ __device__ __forceinline__ void gather_frag(float c[4], int R, const int32_t* id
   }
 }
 
+// Y[r, col] = c for this lane's fragment positions (rows g, g + 8 below R; columns c0, c0 + 1 below `out`).
+__device__ __forceinline__ void store_frag(const float c[4], int R, float* Y, int64_t ldy, int c0, int out) {
+  const int g = threadIdx.x % kWarp / 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + (e >= 2 ? 8 : 0), col = c0 + (e & 1);
+    if (r < R && col < out) Y[int64_t(r) * ldy + col] = c[e];
+  }
+}
+
 // The bf16 matmul of dense() on tensor cores: a warp per 8-column group of the output (groups w, w + kWarps, ...),
 // 16 x 8 accumulators starting from the bias. idx/S/C: a one-hot input read by the weight rows after X (and X2), as
 // gathers (the actor's first layer reads [h, onehot z]).
@@ -191,10 +200,7 @@ __device__ void dense_mma(const DenseW& L, int R, const float* X, int64_t ldx, i
     mma_acc(c, R, X, ldx, in, Wb, L.out, n, n < L.out);
     if (X2) mma_acc(c, R, X2, ldx2, in2, Wb + int64_t(in / 2) * L.out, L.out, n, n < L.out);
     if (idx) gather_frag(c, R, idx, S, S, C, Wb + int64_t((in + in2) / 2) * L.out, L.out, c0, L.out);
-    for (int i = 0; i < 4; ++i) {
-      const int r = g + (i >= 2 ? 8 : 0), col = c0 + (i & 1);
-      if (r < R && col < L.out) Y[r * ldy + col] = c[i];
-    }
+    store_frag(c, R, Y, ldy, c0, L.out);
   }
 }
 
@@ -364,8 +370,7 @@ __device__ void core_step(const RolloutParams& p, const Work& w, int R, const fl
         const uint32_t* Wb = reinterpret_cast<const uint32_t*>(L.wb) + int64_t(i) * ((ib + 1) / 2) * ob;
         float c[4] = {L.b[c0], L.b[c0 + 1], L.b[c0], L.b[c0 + 1]};
         block_mma(c, R, xin, h, w.x3, D, H3, hb, ib, i, Wb, ob, n0 % ob + fg);
-        for (int e = 0; e < 4; ++e)
-          if (fg + (e >= 2 ? 8 : 0) < R) dbuf[l & 1][int64_t(fg + (e >= 2 ? 8 : 0)) * D + c0 + (e & 1)] = c[e];
+        store_frag(c, R, dbuf[l & 1], D, c0, L.out);
       }
     } else {
       for (int o = threadIdx.x; o < L.out; o += blockDim.x) {

@@ -40,6 +40,11 @@ _NATIVE = (torch.float32, torch.float64)
 _UPCAST = (torch.float16, torch.bfloat16)
 _FLOATS = frozenset(_NATIVE + _UPCAST)
 
+def weight_ptrs(weights: list) -> list[int]:
+    """The kernels' weight pointers (0 for an absent tensor)."""
+    return [0 if w is None else w.data_ptr() for w in weights]
+
+
 _kernel_module = None    # dreamer_ext.ops._kernels once loaded
 _kernels_error = None    # why it could not be loaded
 
@@ -439,7 +444,7 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
             _checked_weights.pop(next(iter(_checked_weights)))
         # forget the list as soon as any of its tensors is freed: a new tensor could then reuse that id
         _checked_weights[key] = ([weakref.finalize(w, _checked_weights.pop, key, None) for w in weights if w is not None],
-                                 None if _kernel_module is None else _kernel_module.weight_ptrs(weights))
+                                 weight_ptrs(weights))
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C
+from . import weight_ptrs
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 
@@ -225,11 +226,6 @@ def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
         return None, 0, False, torch.get_num_threads(), 0, -1
     work = t.new_empty(max(1, mod.rollout_work_floats(list(dims))))
     return (work, work.data_ptr()) + _launch(t, emulate)[1:]
-
-
-def weight_ptrs(weights: list) -> list[int]:
-    """The kernels' weight pointers (0 for an absent tensor)."""
-    return [0 if w is None else w.data_ptr() for w in weights]
 
 
 def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, mod=_C, emulate=False, ptrs=None):
