@@ -149,6 +149,28 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   return p;
 }
 
+// The acting step's own parameters beside the rollout's (whose prior slots hold the posterior MLP).
+dx::ActParams act_params(const dx::RolloutParams& p, const std::vector<int64_t>& dims, uintptr_t embed,
+                         uintptr_t prev_action, uintptr_t is_first, bool sample, uintptr_t z_onehot) {
+  dx::ActParams q{};
+  q.embed_dim = int(dims[15]);
+  q.post_layers = p.prior_layers;
+  for (int l = 0; l < q.post_layers; ++l) q.post[l] = p.prior[l];
+  if (q.post_layers) q.post[0].in = p.deter + q.embed_dim;
+  q.post_out = p.prior_out;
+  q.embed = ptr<const float>(embed);
+  q.prev_action = ptr<const float>(prev_action);
+  q.is_first = ptr<const uint8_t>(is_first);
+  q.sample = sample;
+  q.z_onehot = ptr<float>(z_onehot);
+  return q;
+}
+
+struct ActPlan {
+  dx::RolloutParams p;
+  dx::ActParams q;
+};
+
 // The acting step's dims (the rollout's 15, embed_dim, post_layers) as the rollout dims it parses: the posterior MLP
 // takes the prior's place.
 std::vector<int64_t> act_rollout_dims(const std::vector<int64_t>& dims) {
@@ -300,20 +322,11 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   m.def("act", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, std::vector<uintptr_t> w,
                   uintptr_t h, uintptr_t z, uintptr_t prev_action, uintptr_t is_first, uintptr_t embed, uintptr_t h_out,
                   uintptr_t z_out, uintptr_t a_out, uintptr_t work, bool sample, bool cuda, int nthreads,
-                  uintptr_t stream, int device) {
+                  uintptr_t stream, int device, uintptr_t z_onehot) {
     const Exec e = exec_of(cuda, nthreads, stream, device);
     dx::RolloutParams p = rollout_params(act_rollout_dims(dims), fl, seed, w, h, z, h_out, z_out, a_out);
     p.work = ptr<float>(work);
-    dx::ActParams q{};
-    q.embed_dim = int(dims[15]);
-    q.post_layers = p.prior_layers;
-    for (int l = 0; l < q.post_layers; ++l) q.post[l] = p.prior[l];
-    q.post[0].in = p.deter + q.embed_dim;
-    q.post_out = p.prior_out;
-    q.embed = ptr<const float>(embed);
-    q.prev_action = ptr<const float>(prev_action);
-    q.is_first = ptr<const uint8_t>(is_first);
-    q.sample = sample;
+    dx::ActParams q = act_params(p, dims, embed, prev_action, is_first, sample, z_onehot);
     py::gil_scoped_release nogil_;
 #if defined(DX_WITH_CUDA)
     if (cuda) return dx::cuda::act_fwd(p, q, e);
@@ -324,8 +337,41 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("weights"), py::arg("h"), py::arg("z"),
      py::arg("prev_action"), py::arg("is_first"), py::arg("embed"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"),
      py::arg("work"), py::arg("sample"), py::arg("cuda"), py::arg("nthreads"), py::arg("stream"), py::arg("device"),
+     py::arg("z_onehot") = 0,
      "Fused acting step: the rollout's dims plus [embed_dim, post_layers]; weights as the rollout's with the "
-     "posterior MLP in the prior's place; work as the rollout's.");
+     "posterior MLP in the prior's place; work as the rollout's; z_onehot: 0, or float32 [n, stoch * classes] that "
+     "also receives the new latent as one-hot.");
+
+  // The acting step with its parameter structs built once (dims with n = 0, floats and weight pointers parsed here,
+  // once): an environment step then passes only its own pointers. CPU only; the caller keeps the weights alive.
+  py::class_<ActPlan>(m, "ActPlan")
+      .def(py::init([](std::vector<int64_t> dims, std::vector<double> fl, std::vector<uintptr_t> w) {
+             if (dims.size() != 17 || dims[0] != 0)
+               throw std::invalid_argument("ActPlan: dims needs the acting step's 17 entries with n = 0");
+             ActPlan plan;
+             plan.p = rollout_params(act_rollout_dims(dims), fl, 0, w, 0, 0, 0, 0, 0);
+             plan.q = act_params(plan.p, dims, 0, 0, 0, true, 0);
+             return plan;
+           }), py::arg("dims"), py::arg("floats"), py::arg("weights"))
+      .def("run", [](const ActPlan& plan, int64_t n, uint64_t seed, uintptr_t h, uintptr_t z, uintptr_t prev_action,
+                     uintptr_t is_first, uintptr_t embed, uintptr_t h_out, uintptr_t z_out, uintptr_t a_out,
+                     uintptr_t z_onehot, bool sample, int nthreads) {
+             if (n < 0) throw std::invalid_argument("ActPlan.run: n must be >= 0");
+             dx::RolloutParams p = plan.p;
+             p.n = n; p.seed = seed;
+             p.h0 = ptr<const float>(h); p.z0 = ptr<const int32_t>(z);
+             p.h_out = ptr<float>(h_out); p.z_out = ptr<int32_t>(z_out); p.a_out = ptr<float>(a_out);
+             dx::ActParams q = plan.q;
+             q.embed = ptr<const float>(embed); q.prev_action = ptr<const float>(prev_action);
+             q.is_first = ptr<const uint8_t>(is_first); q.sample = sample; q.z_onehot = ptr<float>(z_onehot);
+             Exec e;
+             e.nthreads = nthreads;
+             py::gil_scoped_release nogil_;
+             dx::cpu::act_fwd(p, q, e);
+           }, py::arg("n"), py::arg("seed"), py::arg("h"), py::arg("z"), py::arg("prev_action"), py::arg("is_first"),
+           py::arg("embed"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("z_onehot"), py::arg("sample"),
+           py::arg("nthreads"),
+           "One acting step on CPU pointers (as act's; z_onehot may be 0).");
 
   // ---- shared randomness of the rollout (the PyTorch reference draws its uniforms here) ----
   m.def("philox4x32_10", [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {

@@ -8,12 +8,17 @@ PyTorch loop given the same uniforms samples the same classes wherever its proba
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
 from . import ops
 
 __all__ = ["RolloutWeights", "fused_imagine", "fused_act", "draw_seed", "rollout_uniforms"]
+
+
+_VERSION = operator.attrgetter("_version")
 
 
 def draw_seed() -> int:
@@ -50,11 +55,14 @@ class RolloutWeights:
         self.rssm, self.actor, self.latent = rssm, actor, latent
         self._params = [p for m in (rssm, actor) for p in m.parameters()]
         self._cache: dict = {}  # precision -> (parameter state, packed weights)
+        self._plans: dict = {}  # precision -> (packed weights, floats, ops.ActPlan) of the acting step
         self._dims: dict = {}  # (n, horizon, bf16) -> the op's dims (the modules' sizes are fixed)
         self.packs = 0  # how many times weights were packed (tests)
 
     def _state(self) -> tuple:
-        return tuple((p._version, p.data_ptr()) for p in self._params)
+        # an in-place change bumps a version counter; `p.data = ...` moves the storage (C-level maps: this runs
+        # every acting step)
+        return tuple(map(_VERSION, self._params)), tuple(map(torch.Tensor.data_ptr, self._params))
 
     def get(self, bf16: bool = False) -> list:
         """The op's weights: float32, or with ``bf16`` the matmul weights as bf16 k-pairs
@@ -73,6 +81,17 @@ class RolloutWeights:
             self._cache[bool(bf16)] = (key, packed)
             self.packs += 1
         return self._cache[bool(bf16)][1]
+
+    def act_plan(self, bf16: bool = False) -> ops.ActPlan:
+        """The acting step (``latent="post"``) as an :class:`ops.ActPlan` on :meth:`get`'s weights, remade when they
+        are repacked."""
+        packed, floats = self.get(bf16), self.floats()
+        hit = self._plans.get(bool(bf16))
+        if hit is None or hit[0] is not packed or hit[1] != floats:
+            if self.latent != "post":
+                raise ValueError("act_plan: these are the rollout's weights; the acting step's are latent='post'")
+            hit = self._plans[bool(bf16)] = (packed, floats, ops.ActPlan(packed, self.dims(0, 1, bf16), floats))
+        return hit[2]
 
     def _is_matmul(self) -> list[bool]:
         shapes = ops.act_weight_shapes if self.latent == "post" else ops.rollout_weight_shapes
@@ -138,12 +157,14 @@ def fused_act(weights: RolloutWeights, carry: dict, embed: torch.Tensor, is_firs
     ``{"h", "z" one-hot, "z_index"}``). ``z_index`` (int32 ``[n, S]``, the kernel's own output) spares the next step
     the one-hot -> index conversion: a carry that has it must hold the same latent in ``z`` (this function's output
     as it is)."""
-    h = carry["h"].detach().float().contiguous()
     seed = draw_seed() if seed is None else seed
-    n = h.shape[0]
     zi = carry.get("z_index")
     if zi is None:
         zi = z_indices(carry["z"].detach())
-    hn, zn, a = ops.act(h, zi, carry["action"].detach().float(), is_first.bool(), embed.detach().float(),
-                        weights.get(bf16), weights.dims(n, 1, bf16), weights.floats(), seed, sample)
-    return a, {"h": hn, "z": F.one_hot(zn.long(), weights.rssm.C).float(), "z_index": zn}
+    h, prev = carry["h"], carry["action"]
+    f32 = torch.float32  # (conversions only where needed: this runs every environment step)
+    hn, zn, z1, a = weights.act_plan(bf16)(h if h.dtype is f32 else h.float(), zi,
+                                           prev if prev.dtype is f32 else prev.float(),
+                                           is_first if is_first.dtype is torch.bool else is_first.bool(),
+                                           embed if embed.dtype is f32 else embed.float(), seed, sample)
+    return a, {"h": hn, "z": z1, "z_index": zn}

@@ -422,3 +422,87 @@ def test_a_row_gives_bitwise_the_same_result_in_a_large_and_a_small_call(bf16):
     part = ops.act(h[:5], z[:5], prev[:5], first[:5], embed[:5], P.get(bf16), P.dims(5, 1, bf16), P.floats(), 3,
                    False)  # the acting step's row i draws Philox row i: the first rows share their draws
     assert all(torch.equal(p, w[:5]) for p, w in zip(part, whole))
+
+
+# ------------------------------------------------------------------------------------ the acting plan (fast path)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["discrete", "continuous", "layernorm"])
+@pytest.mark.parametrize("n", [1, 3, 19])
+def test_the_acting_plan_is_bitwise_the_acting_op_and_its_one_hot_matches(n, case, bf16):
+    """``ops.ActPlan`` (weights checked once, parameter structs built once in C++) gives bitwise what ``ops.act``
+    gives on the same arguments, and the one-hot it writes is exactly the one-hot of its class indices."""
+    kw = [dict(), dict(discrete=False, act_dim=2), dict(norm="layer")][case]
+    agent, _ = model(**kw)
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    plan = W.act_plan(bf16)
+    for sample in (True, False):
+        inputs = act_inputs(agent, n, seed=n + case)
+        h, z, z1, a = plan(*inputs, 41, sample)
+        want = ops.act(*inputs, W.get(bf16), W.dims(n, 1, bf16), W.floats(), 41, sample)
+        assert torch.equal(h, want[0]) and torch.equal(z, want[1]) and torch.equal(a, want[2])
+        assert z1.shape == (n, agent.wm.rssm.S, agent.wm.rssm.C) and z1.dtype == torch.float32
+        assert torch.equal(z1, F.one_hot(z.long(), agent.wm.rssm.C).float())
+
+
+def test_the_acting_plan_goes_through_the_op_on_the_reference_backend():
+    agent, _ = model()
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    inputs = act_inputs(agent, 5)
+    with ops.use_backend("reference"):
+        h, z, z1, a = W.act_plan()(*inputs, 7, True)
+        want = ops.act(*inputs, W.get(), W.dims(5, 1), W.floats(), 7, True)
+    assert torch.equal(h, want[0]) and torch.equal(z, want[1]) and torch.equal(a, want[2])
+    assert torch.equal(z1, F.one_hot(z.long(), agent.wm.rssm.C).float())
+
+
+def test_the_acting_plan_is_remade_when_a_parameter_changes_in_place_or_is_replaced():
+    agent, _ = model()
+    r = agent.wm.rssm
+    W = RolloutWeights(r, agent.behavior.actor, "post")
+    inputs = act_inputs(agent, 4)
+    plan = W.act_plan()
+    assert W.act_plan() is plan
+    before = plan(*inputs, 3, False)
+    with torch.no_grad():
+        r.gru.weight.mul_(1.5)                      # in place: a version counter moves
+    assert W.act_plan() is not plan
+    changed = W.act_plan()(*inputs, 3, False)
+    assert not torch.equal(changed[0], before[0])
+    plan = W.act_plan()
+    r.gru.weight.data = r.gru.weight.data * 1.5     # new storage, same version counter
+    assert W.act_plan() is not plan
+    assert not torch.equal(W.act_plan()(*inputs, 3, False)[0], changed[0])
+
+
+def test_the_acting_plan_names_each_bad_argument():
+    agent, _ = model()
+    W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    plan = W.act_plan()
+    h, z, prev, first, embed = act_inputs(agent, 4)
+    good = dict(h=h, z=z, prev_action=prev, is_first=first, embed=embed)
+    bad = [("h", h.double(), r"h: expected a float32 CPU tensor \[n, 32\]"),
+           ("h", h[:, :-1], r"h: expected a float32 CPU tensor \[n, 32\]"),
+           ("z", z.long(), r"z: expected int32 class indices \[4, "),
+           ("z", z[:3], r"z: expected int32 class indices \[4, "),
+           ("prev_action", prev[:, :2], r"prev_action: expected a float32 CPU tensor \[4, 3\]"),
+           ("is_first", first.int(), r"is_first: expected a bool CPU tensor \[4\]"),
+           ("embed", embed.bfloat16(), r"embed: expected a float32 CPU tensor \[4, "),
+           ("z", torch.full_like(z, 4), r"z: class indices must lie in \[-1, 4\), row 0"),
+           ("z", torch.where(torch.arange(4)[:, None] == 2, -2, z), r"z: class indices must lie in \[-1, 4\), row 2")]
+    for name, value, message in bad:
+        with pytest.raises(ValueError, match=message):
+            plan(**{**good, name: value}, seed=1)
+    with pytest.raises(ValueError, match="seed"):
+        plan(**good, seed=-1)
+    with pytest.raises(ValueError, match="n = 0"):
+        ops.ActPlan(W.get(), W.dims(4, 1), W.floats())
+    with pytest.raises(ValueError, match=r"weights\[gru.W\]: expected float32"):
+        names = [name for name, _ in ops.act_weight_shapes(W.dims(0, 1))]
+        ops.ActPlan([w.double() if name == "gru.W" else w for name, w in zip(names, W.get())], W.dims(0, 1),
+                    W.floats())
+    with pytest.raises(ValueError, match="latent='post'"):
+        RolloutWeights(agent.wm.rssm, agent.behavior.actor).act_plan()
+    # non-contiguous inputs are read as their values
+    wide = torch.cat([embed, embed], -1)[:, :embed.shape[1]]
+    assert not wide.is_contiguous()
+    assert torch.equal(plan(**{**good, "embed": wide}, seed=1)[0], plan(**good, seed=1)[0])

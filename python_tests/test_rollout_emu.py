@@ -102,10 +102,13 @@ def test_emulated_cuda_acting_step_matches_the_pytorch_twin(emu, case, sample, b
     W = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
     n = 21
     args = (*act_inputs(agent, n), W.get(bf16), W.dims(n, 1, bf16), W.floats(), 99, sample)
-    out = K._act_impl(*args, mod=emu, emulate=True)
+    rssm = agent.wm.rssm
+    onehot = torch.full((n, rssm.S, rssm.C), float("nan"))
+    out = K._act_impl(*args, mod=emu, emulate=True, z_onehot=onehot)
     with ops.use_backend("reference"):
         ref = ops.act(*args)
     assert_acting_agrees(out, ref, tol=1e-3 if bf16 else 2e-6, agreement=0.99 if bf16 else 1.0)
+    assert torch.equal(onehot, torch.nn.functional.one_hot(out[1].long(), rssm.C).float())  # the plan's extra output
 
 
 def test_emulated_cuda_acting_resets_where_is_first(emu):

@@ -53,7 +53,17 @@ struct ActParams {
   const float* prev_action;  // [n, act_dim]: the action taken before this step (zeros: none)
   const uint8_t* is_first;   // [n]: reset h, z and the previous action to zeros first
   bool sample;               // sample the action (else its mode)
+  float* z_onehot;           // [n, stoch * classes] or null: the new latent also as one-hot floats
 };
+
+// The first row whose carried class indices lie outside [z_min, classes) (z_min: 0 for the rollout's start
+// states, -1 for an acting carry, where -1 marks an all-zero group), or -1 when all are in range. The CPU
+// kernels check before they read; the CUDA path's wrapper checks on the device instead.
+inline int64_t first_bad_class_row(const int32_t* z, int64_t n, int stoch, int classes, int z_min) {
+  for (int64_t i = 0; i < n * int64_t(stoch); ++i)
+    if (z[i] < z_min || z[i] >= classes) return i / stoch;
+  return -1;
+}
 
 // ---- bf16 ----
 // float32 -> bf16 bits, round to nearest even (NaN stays a quiet NaN), and back.

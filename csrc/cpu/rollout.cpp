@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -531,15 +533,28 @@ void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t 
     const In hin = prep(R, h.data(), D, D, p.bf16, sc.hp.data());
     core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn);
     latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn);
+    if (q.z_onehot) {
+      const int C = p.classes;
+      float* oh = q.z_onehot + b0 * S * C;
+      std::fill(oh, oh + int64_t(R) * S * C, 0.0f);
+      for (int i = 0; i < R * S; ++i) oh[int64_t(i) * C + zn[i]] = 1.0f;
+    }
     const In hnin = prep(R, hn, D, D, p.bf16, sc.hp.data());
     pick_actions(p, sc, R, b0, 0, actor_logits(p, sc, R, hnin, zn), p.a_out + b0 * A, q.sample);
   }
+}
+
+[[noreturn]] void bad_classes(const char* what, int64_t row, int z_min, int classes) {
+  throw std::invalid_argument(std::string(what) + ": class indices must lie in [" + std::to_string(z_min) + ", " +
+                              std::to_string(classes) + "), row " + std::to_string(row) + " does not");
 }
 
 }  // namespace
 
 void rollout_fwd(const RolloutParams& p, const Exec& e) {
   if (p.n <= 0) return;
+  const int64_t bad = first_bad_class_row(p.z0, p.n, p.stoch, p.classes, 0);
+  if (bad >= 0) bad_classes("z0", bad, 0, p.classes);
   // blocks of whole row blocks per thread; a thread for fewer than 2 row blocks is not worth waking
   const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
   parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
@@ -549,6 +564,8 @@ void rollout_fwd(const RolloutParams& p, const Exec& e) {
 
 void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e) {
   if (p.n <= 0) return;
+  const int64_t bad = first_bad_class_row(p.z0, p.n, p.stoch, p.classes, -1);
+  if (bad >= 0) bad_classes("z", bad, -1, p.classes);
   const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
   parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
     act_rows(p, q, b * kRowBlock, std::min(p.n, end * kRowBlock));

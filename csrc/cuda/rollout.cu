@@ -524,6 +524,12 @@ __global__ void act_kernel(RolloutParams p, ActParams q) {
     int32_t* zn = p.z_out + b0 * S;
     core_step(p, w, R, w.ch, w.cz, hn);
     latent_step(p, w, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn);
+    if (q.z_onehot) {
+      __syncthreads();
+      const int C = p.classes;
+      for (int64_t i = threadIdx.x; i < int64_t(R) * S * C; i += blockDim.x)
+        q.z_onehot[b0 * S * C + i] = zn[i / C] == int32_t(i % C) ? 1.0f : 0.0f;
+    }
     actor_logits(p, w, R, hn, zn);
     pick_actions(p, w, R, b0, 0, p.a_out + b0 * A, q.sample);
   }

@@ -30,7 +30,7 @@ import torch
 from . import reference
 
 __all__ = ["symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "rollout_weight_shapes",
-           "ROLLOUT_DIMS", "act", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend",
+           "ROLLOUT_DIMS", "act", "ActPlan", "act_weight_shapes", "ACT_DIMS", "pack_bf16_pairs", "set_backend", "get_backend",
            "use_backend", "backend_report", "OP_NAMES"]
 
 OP_NAMES = ("symlog", "symexp", "twohot", "twohot_cross_entropy", "lambda_return", "rollout", "act")
@@ -418,11 +418,22 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
     if not isinstance(z0, torch.Tensor) or z0.dtype != torch.int32 or tuple(z0.shape) != (n, S):
         raise ValueError(f"z0: expected int32 class indices [{n}, {S}], got "
                          f"{getattr(z0, 'dtype', type(z0).__name__)} {tuple(getattr(z0, 'shape', ()))}")
-    lo_hi = torch.aminmax(z0) if z0.numel() else None
-    if lo_hi is not None and (int(lo_hi.min) < z_min or int(lo_hi.max) >= C):
-        raise ValueError(f"z0: class indices must lie in [{z_min}, {C})")
     _check_same_device("h0", h0, "z0", z0)
-    key = (tuple(map(id, weights)), d["_model_key"], h0.device)  # _model_key: the dims that fix the weights' shapes
+    if _backend == "reference" or z0.device.type != "cpu":  # the CPU kernels check the range as they read
+        _check_class_range("z0", z0, z_min, C)
+    return _check_weights(d, weights, shapes_of, h0.device)
+
+
+def _check_class_range(name: str, z: torch.Tensor, z_min: int, classes: int) -> None:
+    lo_hi = torch.aminmax(z) if z.numel() else None
+    if lo_hi is not None and (int(lo_hi.min) < z_min or int(lo_hi.max) >= classes):
+        raise ValueError(f"{name}: class indices must lie in [{z_min}, {classes})")
+
+
+def _check_weights(d: dict, weights, shapes_of, device: torch.device) -> list | None:
+    """The weights against ``shapes_of()``, only for a list of tensors not checked before; returns their data
+    pointers when it was checked before (it is then contiguous and detached as it is), else None."""
+    key = (tuple(map(id, weights)), d["_model_key"], device)  # _model_key: the dims that fix the weights' shapes
     hit = _checked_weights.get(key)
     if hit is not None:  # the same tensors checked before (e.g. one packing, used every acting step)
         return hit[1]
@@ -438,7 +449,8 @@ def _check_state_and_weights(d: dict, h0, z0, weights, shapes_of, floats, seed, 
         if not isinstance(w, torch.Tensor) or w.dtype != want or tuple(w.shape) != shape:
             raise ValueError(f"weights[{name}]: expected {str(want)[6:]} {shape}, got "
                              f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
-        _check_same_device("h0", h0, f"weights[{name}]", w)
+        if w.device != device:
+            raise ValueError(f"weights[{name}] is on {w.device} but the state is on {device}; put them on the same device")
     if all(w is None or (w.is_contiguous() and not w.requires_grad) for w in weights):
         if len(_checked_weights) >= 8:
             _checked_weights.pop(next(iter(_checked_weights)))
@@ -515,3 +527,73 @@ def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: t
     if torch.compiler.is_compiling():
         return torch.ops.dreamer_ext.act(*args, weights, dims, [float(f) for f in floats], seed, bool(sample))
     return _kernel_module._act_impl(*args, weights, dims, [float(f) for f in floats], seed, bool(sample), ptrs=ptrs)
+
+
+def _bad_tensor(name: str, t, what: str) -> ValueError:
+    return ValueError(f"{name}: expected {what}, got {getattr(t, 'dtype', type(t).__name__)} "
+                      f"{tuple(getattr(t, 'shape', ()))}{'' if getattr(t, 'is_cpu', True) else ' on ' + str(t.device)}")
+
+
+class ActPlan:
+    """The acting step of :func:`act` with its weights, dims and floats checked once: a call then checks and passes
+    only the step's own tensors, which is what an environment step at batch 1 needs (the checks of :func:`act` cost
+    more than the size1m kernel). ``dims``: :data:`ACT_DIMS` with ``n`` = 0 (each call's batch is ``h``'s rows).
+
+    ``plan(h, z, prev_action, is_first, embed, seed, sample)`` takes :func:`act`'s arguments and returns
+    (h' ``[n, deter]``, z' ``[n, stoch]`` int32, z' one-hot ``[n, stoch, classes]`` float32, action ``[n, act_dim]``),
+    bitwise :func:`act`'s. CPU tensors on the kernels backend run the C++ kernel on parameter structs built once
+    (it also writes the one-hot); anything else (the reference backend, CUDA, tracing) goes through :func:`act`.
+    The plan holds its weight tensors: they must not be changed in place while it is in use."""
+
+    def __init__(self, weights: list, dims: list, floats: list):
+        dims = list(dims)
+        d = _check_model_dims(dims, ACT_DIMS)
+        if d["n"] != 0 or d["horizon"] != 1:
+            raise ValueError(f"dims: a plan takes n = 0 (the batch is each call's) and horizon 1, got n={d['n']}, "
+                             f"horizon={d['horizon']}")
+        floats = [float(f) for f in floats]
+        if len(floats) != 4:
+            raise ValueError(f"floats: expected [rssm_unimix, actor_unimix, min_std, max_std], got {floats!r}")
+        first = next((w for w in weights if isinstance(w, torch.Tensor)), None)
+        if first is None:
+            raise ValueError("weights: expected the acting step's tensors, got none")
+        shapes = act_weight_shapes(dims)
+        if _check_weights(d, weights, lambda: shapes, first.device) is None:
+            weights = _detached(weights)
+        self.weights, self.dims, self.floats, self.device = list(weights), dims, floats, first.device
+        self._sizes = (d["deter"], d["stoch"], d["classes"], d["act_dim"], d["embed_dim"])
+        self._kernel = None
+        if first.device.type == "cpu" and _load_kernels() is not None:
+            self._kernel = _kernel_module.act_plan(dims, floats, weight_ptrs(self.weights))
+
+    def __call__(self, h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor,
+                 embed: torch.Tensor, seed: int, sample: bool = True):
+        if self._kernel is None or _backend != "kernels" or torch.compiler.is_compiling():
+            return self._through_act(h, z, prev_action, is_first, embed, seed, sample)
+        D, S, C, A, E = self._sizes
+        f32 = torch.float32
+        if not isinstance(h, torch.Tensor) or h.dtype is not f32 or h.dim() != 2 or h.shape[1] != D or not h.is_cpu:
+            raise _bad_tensor("h", h, f"a float32 CPU tensor [n, {D}]")
+        n = h.shape[0]
+        if not isinstance(z, torch.Tensor) or z.dtype is not torch.int32 or z.shape != (n, S) or not z.is_cpu:
+            raise _bad_tensor("z", z, f"int32 class indices [{n}, {S}] on the CPU")
+        if (not isinstance(prev_action, torch.Tensor) or prev_action.dtype is not f32 or prev_action.shape != (n, A)
+                or not prev_action.is_cpu):
+            raise _bad_tensor("prev_action", prev_action, f"a float32 CPU tensor [{n}, {A}]")
+        if not isinstance(embed, torch.Tensor) or embed.dtype is not f32 or embed.shape != (n, E) or not embed.is_cpu:
+            raise _bad_tensor("embed", embed, f"a float32 CPU tensor [{n}, {E}]")
+        if (not isinstance(is_first, torch.Tensor) or is_first.dtype is not torch.bool or is_first.shape != (n,)
+                or not is_first.is_cpu):
+            raise _bad_tensor("is_first", is_first, f"a bool CPU tensor [{n}]")
+        if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed: expected an int in [0, 2^63), got {seed!r}")
+        return _kernel_module.act_planned(self._kernel, n, self._sizes, h.contiguous(), z.contiguous(),
+                                          prev_action.contiguous(), is_first.contiguous(), embed.contiguous(), seed,
+                                          sample is True or bool(sample))
+
+    def _through_act(self, h, z, prev_action, is_first, embed, seed, sample):
+        n = h.shape[0] if isinstance(h, torch.Tensor) and h.dim() == 2 else -1
+        dims = [max(n, 0)] + self.dims[1:]
+        hn, zn, a = act(h, z, prev_action, is_first, embed, self.weights, dims, self.floats, seed, sample)
+        _, S, C, _, _ = self._sizes
+        return hn, zn, torch.nn.functional.one_hot(zn.long(), C).to(hn.dtype).reshape(hn.shape[0], S, C), a

@@ -253,15 +253,31 @@ def _act_outputs(h, dims):
 
 
 def _act_impl(h, z, prev_action, is_first, embed, weights, dims, floats, seed, sample, mod=_C, emulate=False,
-              ptrs=None):
+              ptrs=None, z_onehot=None):
+    """``z_onehot``: a float32 tensor ``[n, stoch, classes]`` the kernel also writes the new latent into, one-hot."""
     h_out, z_out, a_out = _act_outputs(h, dims)
     ptrs = weight_ptrs(weights) if ptrs is None else ptrs
     first = is_first if is_first.dtype in (torch.bool, torch.uint8) else is_first.to(torch.uint8)  # 1 byte of 0/1
     work, work_ptr, cuda, nthreads, stream, device = _device_args(h, mod, dims, emulate)
     mod.act(list(dims), list(floats), int(seed), ptrs, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(),
             first.data_ptr(), embed.data_ptr(), h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), work_ptr,
-            bool(sample), cuda, nthreads, stream, device)
+            bool(sample), cuda, nthreads, stream, device, 0 if z_onehot is None else z_onehot.data_ptr())
     return h_out, z_out, a_out
+
+
+def act_plan(dims, floats, ptrs):
+    """The C++ acting plan (``_C.ActPlan``) of checked dims (n = 0), floats and weight pointers."""
+    return _C.ActPlan(list(dims), list(floats), ptrs)
+
+
+def act_planned(plan, n, sizes, h, z, prev_action, is_first, embed, seed, sample):
+    """One acting step through a ``_C.ActPlan`` on checked contiguous CPU tensors: (h', z', z' one-hot, action)."""
+    D, S, C, A, _ = sizes
+    h_out, z_out = h.new_empty(n, D), z.new_empty(n, S)
+    onehot, a_out = h.new_empty(n, S, C), h.new_empty(n, A)
+    plan.run(n, seed, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(), is_first.data_ptr(), embed.data_ptr(),
+             h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), onehot.data_ptr(), sample, torch.get_num_threads())
+    return h_out, z_out, onehot, a_out
 
 
 lib.impl("act", _act_impl, "CPU")
