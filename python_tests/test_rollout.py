@@ -506,3 +506,49 @@ def test_the_acting_plan_names_each_bad_argument():
     wide = torch.cat([embed, embed], -1)[:, :embed.shape[1]]
     assert not wide.is_contiguous()
     assert torch.equal(plan(**{**good, "embed": wide}, seed=1)[0], plan(**good, seed=1)[0])
+
+
+# ----------------------------------------------------------------------- teacher-forced against float64 at N = 1023
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+def test_teacher_forced_steps_match_float64_at_an_odd_large_batch(discrete):
+    """Each step of a float32 kernel rollout at N = 1023 (170 full 6-row tiles and a partial one, 21 row blocks and
+    a partial one), re-run in float64 from the kernel's own (h_t, z_t, a_t): the core's h_{t+1} within 2e-6, and the
+    latent and action draws of the float64 probabilities with the same uniforms equal to the kernel's for at least
+    99.9 % of the draws (a float32 probability can round across a sampling boundary)."""
+    from dreamer_ext.ops.reference import ROLLOUT_DIMS, _Twin
+    agent, W = model(discrete=discrete, act_dim=3 if discrete else 2)
+    r, n, H, seed = agent.wm.rssm, 1023, 4, 31
+    start = starts(r, n)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    dims = W.dims(n, H)
+    h, z, a = ops.rollout(h0, z0, W.get(), dims, W.floats(), seed)
+    d = dict(zip(ROLLOUT_DIMS, dims))
+    net = _Twin([None if w is None else w.double() for w in W.get()], d, d["prior_layers"])
+    net.set_floats(W.floats())
+    u = rollout_uniforms(seed, n, H, r.S, 1 if discrete else 2)
+
+    def draw(probs, uniform):  # inverse CDF in float64
+        return (probs.cumsum(-1)[..., :-1] <= uniform.double().unsqueeze(-1)).sum(-1)
+
+    latent_equal = action_equal = 0
+    for t in range(H):
+        ht, zt = h[t].double(), z[t]
+        logits = net.mlp(torch.cat([ht, net.onehot(zt).double()], -1), net.actor, net.actor_out)
+        if discrete:
+            probs = torch.softmax(logits, -1) * (1 - net.mix_actor) + net.mix_actor / 3
+            action_equal += (draw(probs, u["action"][t]) == a[t].argmax(-1)).sum().item()
+            a_in = a[t].double()
+        else:
+            mean = torch.tanh(logits[:, :2])
+            std = (net.max_std - net.min_std) * torch.sigmoid(logits[:, 2:] + 2.0) + net.min_std
+            want = mean + std * 2.0 ** 0.5 * torch.erfinv(2.0 * u["action"][t].double().clamp(1e-6, 1 - 1e-6) - 1.0)
+            torch.testing.assert_close(a[t].double(), want, atol=1e-4, rtol=0)   # erfinv's float32 approximation
+            action_equal += n
+            a_in = a[t].double() / a[t].double().abs().clamp(min=1.0)
+        h_next = net.core(ht, zt, a_in)
+        torch.testing.assert_close(h[t + 1].double(), h_next, atol=2e-6, rtol=0)  # measured: 2.1e-7
+        prior = net.mlp(h[t + 1].double(), net.latent, net.latent_out).reshape(n, r.S, r.C)
+        probs = torch.softmax(prior, -1) * (1 - net.mix_rssm) + net.mix_rssm / r.C
+        latent_equal += (draw(probs, u["latent"][t]) == z[t + 1]).sum().item()
+    assert latent_equal >= 0.999 * H * n * r.S
+    assert action_equal >= 0.999 * H * n

@@ -151,7 +151,8 @@ def sample_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 class _Twin:
     """The rollout's and the acting step's networks in PyTorch, from the op's flat weight list (see
     :func:`dreamer_ext.ops.rollout_weight_shapes`); with bf16 the matmul inputs are rounded to bf16 and the weights
-    unpacked to exactly their bf16 values, and everything is summed in float32, as in the kernels."""
+    unpacked to exactly their bf16 values, and everything is summed in float32, as in the kernels. Given float64
+    weights and states (fp32 dims) it computes in float64: the tests' ground truth."""
 
     def __init__(self, weights: list, d: dict, latent_layers: int):
         self.d, self.bf16 = d, bool(d["bf16"])
@@ -198,7 +199,7 @@ class _Twin:
         """The actor's action on [h, onehot z] with uniforms ``u [N, 1 or A]`` (or its mode); returns the action and
         the core's input for it."""
         d, A = self.d, self.d["act_dim"]
-        logits = self.mlp(torch.cat([h, self.onehot(z)], -1), self.actor, self.actor_out)
+        logits = self.mlp(torch.cat([h, self.onehot(z).to(h.dtype)], -1), self.actor, self.actor_out)
         if d["discrete"]:
             mix = self.mix_actor
             probs = torch.softmax(logits, -1) * (1.0 - mix) + mix / A
@@ -215,7 +216,8 @@ class _Twin:
 
     def core(self, h, z, a_in):
         n, g, D, Hd = h.shape[0], self.d["blocks"], self.d["deter"], self.d["hidden"]
-        x3 = torch.cat([self.dense(h, self.in_h), self.dense(self.onehot(z), self.in_z), self.dense(a_in, self.in_a)], -1)
+        x3 = torch.cat([self.dense(h, self.in_h), self.dense(self.onehot(z).to(h.dtype), self.in_z),
+                        self.dense(a_in, self.in_a)], -1)
         x = torch.cat([h.reshape(n, g, D // g), x3[:, None].expand(n, g, 3 * Hd)], -1).reshape(n, -1)
         for layer in self.dyn:
             x = F.silu(self.normed(self.block(x, layer), layer[2], layer[3]))
