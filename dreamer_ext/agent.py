@@ -219,12 +219,13 @@ class Agent(nn.Module):
         is_first = obs["is_first"].to(dev).bool()
         seed = draw_seed()  # one Philox key per step: the same draws on either backend
         n = is_first.shape[0]
-        threads = -(-n // ACT_ROWS_PER_THREAD) if dev.type == "cpu" else torch.get_num_threads()
+        kernel_threads = torch.get_num_threads()  # the fused step picks its own count by the work (ops.ActPlan)
+        threads = -(-n // ACT_ROWS_PER_THREAD) if dev.type == "cpu" else kernel_threads
         with self.autocast(), torch_threads(threads):
             embed = self.wm.encode(seq)[:, 0]
             if ops.get_backend() == "kernels" and dev.type == "cpu":
                 action, post = fused_act(self._act_weights(), carry, embed, is_first, sample, seed,
-                                         bf16=self.compute_dtype == torch.bfloat16)
+                                         bf16=self.compute_dtype == torch.bfloat16, threads=kernel_threads)
             else:
                 rssm = self.wm.rssm
                 u = rollout_uniforms(seed, n, 1, rssm.S, 1 if self.spec.discrete else self.spec.act_dim, dev)

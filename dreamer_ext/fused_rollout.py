@@ -151,12 +151,12 @@ def z_indices(z: torch.Tensor) -> torch.Tensor:
 
 
 def fused_act(weights: RolloutWeights, carry: dict, embed: torch.Tensor, is_first: torch.Tensor, sample: bool,
-              seed: int | None = None, bf16: bool = False) -> tuple[torch.Tensor, dict]:
+              seed: int | None = None, bf16: bool = False, threads: int | None = None) -> tuple[torch.Tensor, dict]:
     """One acting step through :func:`ops.act` (``weights`` made with ``latent="post"``): ``carry = {"h", "z",
     "action"}`` of the previous step, ``embed [n, E]``, ``is_first [n]`` -> (action ``[n, A]``, posterior state
     ``{"h", "z" one-hot, "z_index"}``). ``z_index`` (int32 ``[n, S]``, the kernel's own output) spares the next step
     the one-hot -> index conversion: a carry that has it must hold the same latent in ``z`` (this function's output
-    as it is)."""
+    as it is). ``threads``: the kernel's thread count (:class:`ops.ActPlan`; default torch's)."""
     seed = draw_seed() if seed is None else seed
     zi = carry.get("z_index")
     if zi is None:
@@ -166,5 +166,5 @@ def fused_act(weights: RolloutWeights, carry: dict, embed: torch.Tensor, is_firs
     hn, zn, z1, a = weights.act_plan(bf16)(h if h.dtype is f32 else h.float(), zi,
                                            prev if prev.dtype is f32 else prev.float(),
                                            is_first if is_first.dtype is torch.bool else is_first.bool(),
-                                           embed if embed.dtype is f32 else embed.float(), seed, sample)
+                                           embed if embed.dtype is f32 else embed.float(), seed, sample, threads)
     return a, {"h": hn, "z": z1, "z_index": zn}

@@ -552,3 +552,22 @@ def test_teacher_forced_steps_match_float64_at_an_odd_large_batch(discrete):
         latent_equal += (draw(probs, u["latent"][t]) == z[t + 1]).sum().item()
     assert latent_equal >= 0.999 * H * n * r.S
     assert action_equal >= 0.999 * H * n
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+def test_a_team_of_threads_on_a_large_models_few_rows_gives_bitwise_the_serial_step(discrete, bf16):
+    """At size12m (>= 4 MB of weights) and fewer rows than threads, the acting kernel shares each matmul's columns
+    over a team (64-column panels; thread 0 does the rest): bitwise the one-thread step, for teams of 2 and 3, at
+    1 row and at 7 rows with resets."""
+    agent, _ = model(preset="size12m", discrete=discrete, act_dim=5 if discrete else 3)
+    P = RolloutWeights(agent.wm.rssm, agent.behavior.actor, "post")
+    plan = P.act_plan(bf16)
+    for n in (1, 7):
+        inputs = act_inputs(agent, n, seed=n)
+        one = plan(*inputs, 13, True, threads=1)
+        for team in (2, 3):
+            out = plan(*inputs, 13, True, threads=team)
+            assert all(torch.equal(x, y) for x, y in zip(out, one)), (n, team)
+    with pytest.raises(ValueError, match="threads"):
+        plan(*act_inputs(agent, 1), 13, True, threads=0)

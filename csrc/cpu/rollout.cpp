@@ -203,21 +203,64 @@ DX_MULTIVERSION void to_pairs(int R, const float* X, int64_t ldx, int K, uint32_
   }
 }
 
+// ---- a team of threads on the same rows (the acting step of a large model at a few rows) ----
+// Every thread of the team runs the same sequence of calls on one shared scratch. A matmul splits its output
+// columns over the team in 64-column panels (each column is summed in the same order as by one thread, so the
+// result is bitwise the serial one); everything else (biases, gathers, norms, gates, sampling, bf16 packing) is
+// `serial`: thread 0 does it, and the team meets at a barrier only where one side reads what the other wrote.
+// Outside a team (nt = 1) all of this is a no-op.
+struct Team {
+  int tid = 0, nt = 1;
+  bool dirty = false;    // serial work was done since the last barrier
+  bool pending = false;  // matmul columns were written by the team since the last barrier
+};
+thread_local Team tl_team;
+
+inline void team_sync() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+  tl_team.dirty = tl_team.pending = false;
+}
+
+// Called by every thread of the team at the start of a serial piece: true on the thread that does it.
+inline bool serial() {
+  Team& t = tl_team;
+  if (t.nt == 1) return true;
+  if (t.pending) team_sync();
+  t.dirty = true;
+  return t.tid == 0;
+}
+
 inline In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t* buf) {
   if (!bf16) return In{X, ldx, nullptr, 0};
-  to_pairs(R, X, ldx, K, buf);
+  if (serial()) to_pairs(R, X, ldx, K, buf);
   return In{X, ldx, buf, (K + 1) / 2};
 }
 
-// Y[:R, :O] += In[:R, kx:kx+K] @ W[k0:k0+K, :O] (kx and k0 even for bf16).
+// Y[:R, :O] += In[:R, kx:kx+K] @ W[k0:k0+K, :O] (kx and k0 even for bf16); in a team, this thread's columns.
 inline void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy) {
-  if (W.f) return gemm_f32(R, X.f + kx, X.ldf, W.f + int64_t(k0) * W.ld, W.ld, K, O, Y, ldy);
-  gemm_bf16(R, X.p + kx / 2, X.ldp, W.b + int64_t(k0 / 2) * W.ld * 2, W.ld, (K + 1) / 2, O, Y, ldy);
+  int o0 = 0, o1 = O;
+  Team& t = tl_team;
+  if (t.nt > 1) {
+    if (t.dirty || t.pending) team_sync();
+    t.pending = true;
+    const int panels = O / 64;  // the last thread also takes the columns after the last whole panel
+    if (panels >= t.nt) {
+      o0 = 64 * (panels * t.tid / t.nt);
+      o1 = t.tid == t.nt - 1 ? O : 64 * (panels * (t.tid + 1) / t.nt);
+    } else if (t.tid != 0) {
+      return;
+    }
+  }
+  if (W.f) return gemm_f32(R, X.f + kx, X.ldf, W.f + int64_t(k0) * W.ld + o0, W.ld, K, o1 - o0, Y + o0, ldy);
+  gemm_bf16(R, X.p + kx / 2, X.ldp, W.b + (int64_t(k0 / 2) * W.ld + o0) * 2, W.ld, (K + 1) / 2, o1 - o0, Y + o0, ldy);
 }
 
 DX_INLINE Mat mat(const DenseW& L) { return Mat{L.w, L.wb, L.out}; }
 
 inline void set_bias(int R, const float* b, int O, float* Y, int64_t ldy) {
+  if (!serial()) return;
   for (int r = 0; r < R; ++r) std::memcpy(Y + r * ldy, b, sizeof(float) * O);
 }
 
@@ -240,6 +283,7 @@ DX_INLINE void norm_silu_row(float* y, int O, const float* nw, const float* nb, 
 }
 
 DX_MULTIVERSION void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, const float* nb, int kind) {
+  if (!serial()) return;
   for (int r = 0; r < R; ++r) norm_silu_row(Y + r * ldy, O, nw, nb, kind);
 }
 
@@ -253,6 +297,7 @@ inline void dense(const DenseW& L, int R, const In& X, float* Y, int64_t ldy, in
 // Y[r] += sum over groups s of W[k0 + s * C + idx[r, s]] (a one-hot input [S, C] times rows k0.. of W).
 DX_MULTIVERSION void gather_acc(int R, const int32_t* idx, int64_t ldi, int S, int C, const Mat& W, int64_t k0, int O,
                           float* Y, int64_t ldy) {
+  if (!serial()) return;
   for (int r = 0; r < R; ++r) {
     float* y = Y + r * ldy;
     for (int s = 0; s < S; ++s) {
@@ -305,6 +350,7 @@ struct Scratch {
 
 // h' = GRU update of h from the gate pre-activations [R, 3 D] (per block: r, c, u of D/g each).
 DX_MULTIVERSION void gru_rows(int R, const float* gates, const float* h, float* hn, int D, int g) {
+  if (!serial()) return;
   const int db = D / g;
   for (int r = 0; r < R; ++r) {
     const float* gr = gates + int64_t(r) * 3 * D;
@@ -388,6 +434,7 @@ float* actor_logits(const RolloutParams& p, Scratch& sc, int R, const In& hin, c
 // sc.aidx for the core's gather.
 void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, float* logits,
                             float* act, bool sample) {
+  if (!serial()) return;
   const int A = p.act_dim, AO = p.actor_out.out;
   for (int r = 0; r < R; ++r) {
     const uint32_t row = p.rng_row0 + uint32_t(b0 + r);
@@ -414,18 +461,20 @@ void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const 
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
   uint32_t* xp = sc.xp.data();
   float* x3 = sc.x3.data();
-  for (int r = 0; r < R; ++r) {
-    std::memcpy(x3 + int64_t(r) * H3, p.in_h.b, sizeof(float) * Hd);
-    std::memcpy(x3 + int64_t(r) * H3 + Hd, p.in_z.b, sizeof(float) * Hd);
-    std::memcpy(x3 + int64_t(r) * H3 + 2 * Hd, p.in_a.b, sizeof(float) * Hd);
-  }
+  if (serial())
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(x3 + int64_t(r) * H3, p.in_h.b, sizeof(float) * Hd);
+      std::memcpy(x3 + int64_t(r) * H3 + Hd, p.in_z.b, sizeof(float) * Hd);
+      std::memcpy(x3 + int64_t(r) * H3 + 2 * Hd, p.in_a.b, sizeof(float) * Hd);
+    }
   gemm_acc(R, hin, 0, mat(p.in_h), 0, D, Hd, x3, H3);
   gather_acc(R, z, S, S, C, mat(p.in_z), 0, Hd, x3 + Hd, H3);
   if (p.discrete) {
     gather_acc(R, sc.aidx.data(), 1, 1, A, mat(p.in_a), 0, Hd, x3 + 2 * Hd, H3);
   } else {
     float* an = sc.a.data();  // a / max(|a|, 1), elementwise
-    for (int64_t i = 0; i < int64_t(R) * A; ++i) an[i] = action_input(act[i]);
+    if (serial())
+      for (int64_t i = 0; i < int64_t(R) * A; ++i) an[i] = action_input(act[i]);
     gemm_acc(R, prep(R, an, A, A, p.bf16, xp), 0, mat(p.in_a), 0, A, Hd, x3 + 2 * Hd, H3);
   }
   for (int part = 0; part < 3; ++part) {
@@ -474,6 +523,7 @@ void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_
   float* logits = sc.logits.data();
   set_bias(R, out.b, SC, logits, SC);
   gemm_acc(R, prep(R, pin, pw, pw, p.bf16, xp), 0, mat(out), 0, pw, SC, logits, SC);
+  if (!serial()) return;
   for (int r = 0; r < R; ++r) {
     const uint32_t row = p.rng_row0 + uint32_t(b0 + r);
     for (int s = 0; s < S; ++s) {
@@ -508,32 +558,32 @@ void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
 
 // One acting step per row: reset the carry where is_first, core on (h, z, previous action), posterior latent on
 // [h', embed], then the actor's action on [h', z'].
-void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t row_end) {
-  Scratch& sc = scratch_for(p, q.embed_dim);
+void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t row_end, Scratch& sc) {
   const int D = p.deter, S = p.stoch, A = p.act_dim;
   std::vector<float>& h = sc.carry_h;
   std::vector<float>& prev = sc.carry_a;
   std::vector<int32_t>& z = sc.carry_z;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
     const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = b0 + r;
-      const bool first = q.is_first[i] != 0;
-      for (int j = 0; j < D; ++j) h[size_t(r) * D + j] = first ? 0.0f : p.h0[i * D + j];
-      for (int s = 0; s < S; ++s) z[size_t(r) * S + s] = first ? -1 : p.z0[i * S + s];
-      for (int j = 0; j < A; ++j) prev[size_t(r) * A + j] = first ? 0.0f : q.prev_action[i * A + j];
-      if (p.discrete) {  // the previous action's index, or none (an all-zero action: the initial carry)
-        int k = -1;
-        for (int j = 0; j < A; ++j) k = prev[size_t(r) * A + j] > 0.5f ? j : k;
-        sc.aidx[r] = k;
+    if (serial())
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = b0 + r;
+        const bool first = q.is_first[i] != 0;
+        for (int j = 0; j < D; ++j) h[size_t(r) * D + j] = first ? 0.0f : p.h0[i * D + j];
+        for (int s = 0; s < S; ++s) z[size_t(r) * S + s] = first ? -1 : p.z0[i * S + s];
+        for (int j = 0; j < A; ++j) prev[size_t(r) * A + j] = first ? 0.0f : q.prev_action[i * A + j];
+        if (p.discrete) {  // the previous action's index, or none (an all-zero action: the initial carry)
+          int k = -1;
+          for (int j = 0; j < A; ++j) k = prev[size_t(r) * A + j] > 0.5f ? j : k;
+          sc.aidx[r] = k;
+        }
       }
-    }
     float* hn = p.h_out + b0 * D;
     int32_t* zn = p.z_out + b0 * S;
     const In hin = prep(R, h.data(), D, D, p.bf16, sc.hp.data());
     core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn);
     latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn);
-    if (q.z_onehot) {
+    if (q.z_onehot && serial()) {
       const int C = p.classes;
       float* oh = q.z_onehot + b0 * S * C;
       std::fill(oh, oh + int64_t(R) * S * C, 0.0f);
@@ -562,13 +612,43 @@ void rollout_fwd(const RolloutParams& p, const Exec& e) {
   });
 }
 
+// Bytes of matmul weights one acting step reads (per row block).
+int64_t act_weight_bytes(const RolloutParams& p, const ActParams& q) {
+  int64_t w = 0;
+  auto dense = [&](const DenseW& L) { w += int64_t(L.in) * L.out; };
+  for (int l = 0; l < p.actor_layers; ++l) dense(p.actor[l]);
+  dense(p.actor_out); dense(p.in_h); dense(p.in_z); dense(p.in_a);
+  for (int l = 0; l < p.dyn_layers; ++l) w += int64_t(p.dyn[l].in) * p.dyn[l].out / p.blocks;
+  w += int64_t(p.gru.in) * p.gru.out / p.blocks;
+  for (int l = 0; l < q.post_layers; ++l) dense(q.post[l]);
+  dense(q.post_out);
+  return w * (p.bf16 ? 2 : 4);
+}
+
+// A team shares one row block's matmuls by columns when there are fewer row blocks than threads and the weights
+// are large: at size12m (12-23 MB per step) one core's memory bandwidth bounds a step at a few rows; at size1m
+// (1-1.5 MB) the team's barriers would cost more than the second core saves.
+constexpr int64_t kTeamMinWeightBytes = int64_t(4) << 20;
+
 void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e) {
   if (p.n <= 0) return;
   const int64_t bad = first_bad_class_row(p.z0, p.n, p.stoch, p.classes, -1);
   if (bad >= 0) bad_classes("z", bad, -1, p.classes);
   const int64_t blocks = (p.n + kRowBlock - 1) / kRowBlock;
+#if defined(_OPENMP)
+  if (blocks < e.nthreads && act_weight_bytes(p, q) >= kTeamMinWeightBytes) {
+    Scratch& sc = scratch_for(p, q.embed_dim);  // the calling thread's, shared by the team (it is thread 0)
+#pragma omp parallel num_threads(e.nthreads)
+    {
+      tl_team = Team{omp_get_thread_num(), omp_get_num_threads()};
+      act_rows(p, q, 0, p.n, sc);
+      tl_team = Team{};
+    }
+    return;
+  }
+#endif
   parallel_for(blocks, 2, e.nthreads, [&](int64_t b, int64_t end) {
-    act_rows(p, q, b * kRowBlock, std::min(p.n, end * kRowBlock));
+    act_rows(p, q, b * kRowBlock, std::min(p.n, end * kRowBlock), scratch_for(p, q.embed_dim));
   });
 }
 

@@ -567,7 +567,10 @@ class ActPlan:
             self._kernel = _kernel_module.act_plan(dims, floats, weight_ptrs(self.weights))
 
     def __call__(self, h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor,
-                 embed: torch.Tensor, seed: int, sample: bool = True):
+                 embed: torch.Tensor, seed: int, sample: bool = True, threads: int | None = None):
+        """``threads``: how many threads the C++ kernel may use (default: torch's count). At fewer rows than that
+        (one row block each) a large model's step (>= 4 MB of weights) shares its matmuls' columns over them;
+        the result does not depend on it."""
         if self._kernel is None or _backend != "kernels" or torch.compiler.is_compiling():
             return self._through_act(h, z, prev_action, is_first, embed, seed, sample)
         D, S, C, A, E = self._sizes
@@ -587,9 +590,13 @@ class ActPlan:
             raise _bad_tensor("is_first", is_first, f"a bool CPU tensor [{n}]")
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
             raise ValueError(f"seed: expected an int in [0, 2^63), got {seed!r}")
+        if threads is None:
+            threads = torch.get_num_threads()
+        elif not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
         return _kernel_module.act_planned(self._kernel, n, self._sizes, h.contiguous(), z.contiguous(),
                                           prev_action.contiguous(), is_first.contiguous(), embed.contiguous(), seed,
-                                          sample is True or bool(sample))
+                                          sample is True or bool(sample), threads)
 
     def _through_act(self, h, z, prev_action, is_first, embed, seed, sample):
         n = h.shape[0] if isinstance(h, torch.Tensor) and h.dim() == 2 else -1

@@ -270,13 +270,13 @@ def act_plan(dims, floats, ptrs):
     return _C.ActPlan(list(dims), list(floats), ptrs)
 
 
-def act_planned(plan, n, sizes, h, z, prev_action, is_first, embed, seed, sample):
+def act_planned(plan, n, sizes, h, z, prev_action, is_first, embed, seed, sample, threads):
     """One acting step through a ``_C.ActPlan`` on checked contiguous CPU tensors: (h', z', z' one-hot, action)."""
     D, S, C, A, _ = sizes
     h_out, z_out = h.new_empty(n, D), z.new_empty(n, S)
     onehot, a_out = h.new_empty(n, S, C), h.new_empty(n, A)
     plan.run(n, seed, h.data_ptr(), z.data_ptr(), prev_action.data_ptr(), is_first.data_ptr(), embed.data_ptr(),
-             h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), onehot.data_ptr(), sample, torch.get_num_threads())
+             h_out.data_ptr(), z_out.data_ptr(), a_out.data_ptr(), onehot.data_ptr(), sample, threads)
     return h_out, z_out, onehot, a_out
 
 
