@@ -239,11 +239,14 @@ inline In prep(int R, const float* X, int64_t ldx, int K, bool bf16, uint32_t* b
 }
 
 // Y[:R, :O] += In[:R, kx:kx+K] @ W[k0:k0+K, :O] (kx and k0 even for bf16); in a team, this thread's columns.
-inline void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy) {
+// `after_gemm`: this matmul reads nothing the team's previous matmuls wrote (the blocks of a block-linear layer,
+// the two inputs of one layer), so it need not wait for them; serial work before it is always waited for.
+inline void gemm_acc(int R, const In& X, int kx, const Mat& W, int k0, int K, int O, float* Y, int64_t ldy,
+                     bool after_gemm = false) {
   int o0 = 0, o1 = O;
   Team& t = tl_team;
   if (t.nt > 1) {
-    if (t.dirty || t.pending) team_sync();
+    if (t.dirty || (t.pending && !after_gemm)) team_sync();
     t.pending = true;
     const int panels = O / 64;  // the last thread also takes the columns after the last whole panel
     if (panels >= t.nt) {
@@ -391,11 +394,11 @@ void block_linear(const BlockW& L, int g, int R, const In& h, int hd, const In& 
                 ob};
     float* y = Y + int64_t(i) * ob;
     if (xin) {
-      gemm_acc(R, *xin, i * ib, W, 0, ib, ob, y, L.out);
+      gemm_acc(R, *xin, i * ib, W, 0, ib, ob, y, L.out, i > 0);
     } else {  // first layer: [h_i (hd / g), x3 (h3)]
       const int hb = hd / g;
-      gemm_acc(R, h, i * hb, W, 0, hb, ob, y, L.out);
-      gemm_acc(R, x3, 0, W, hb, h3, ob, y, L.out);
+      gemm_acc(R, h, i * hb, W, 0, hb, ob, y, L.out, i > 0);
+      gemm_acc(R, x3, 0, W, hb, h3, ob, y, L.out, true);
     }
   }
 }
