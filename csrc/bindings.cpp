@@ -146,6 +146,8 @@ dx::RolloutParams rollout_params(const std::vector<int64_t>& d, const std::vecto
   p.prior_out = linear(p.prior_layers ? Hd : D, S * C);
   p.h0 = ptr<const float>(h0); p.z0 = ptr<const int32_t>(z0);
   p.h_out = ptr<float>(h_out); p.z_out = ptr<int32_t>(z_out); p.a_out = ptr<float>(a_out);
+  p.ldh = D;
+  p.z_onehot = nullptr;
   return p;
 }
 
@@ -282,9 +284,15 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   // ---- the fused imagination rollout and acting step ----
   m.def("rollout", [](std::vector<int64_t> dims, std::vector<double> fl, uint64_t seed, uint32_t row0,
                       std::vector<uintptr_t> w, uintptr_t h0, uintptr_t z0, uintptr_t h_out, uintptr_t z_out,
-                      uintptr_t a_out, uintptr_t work, bool cuda, int nthreads, uintptr_t stream, int device) {
+                      uintptr_t a_out, uintptr_t work, bool cuda, int nthreads, uintptr_t stream, int device,
+                      bool feat) {
     const Exec e = exec_of(cuda, nthreads, stream, device);
     dx::RolloutParams p = rollout_params(dims, fl, seed, w, h0, z0, h_out, z_out, a_out);
+    if (feat) {  // h_out is feat [H+1, n, deter + stoch * classes]: h, then the latent one-hot
+      if (cuda) throw std::invalid_argument("rollout: the feat layout is CPU only (CUDA callers concatenate)");
+      p.ldh = int64_t(p.deter) + int64_t(p.stoch) * p.classes;
+      p.z_onehot = p.h_out + p.deter;
+    }
     if (uint64_t(row0) + uint64_t(p.n) > (uint64_t(1) << 32))
       throw std::invalid_argument("rollout: row0 + n must be <= 2^32 (Philox rows are 32-bit)");
     p.rng_row0 = row0;
@@ -298,8 +306,9 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
     dx::cpu::rollout_fwd(p, e);
   }, py::arg("dims"), py::arg("floats"), py::arg("seed"), py::arg("row0"), py::arg("weights"), py::arg("h0"),
      py::arg("z0"), py::arg("h_out"), py::arg("z_out"), py::arg("a_out"), py::arg("work"), py::arg("cuda"),
-     py::arg("nthreads"), py::arg("stream"), py::arg("device"),
-     "Fused rollout (start state r draws the Philox row row0 + r). dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
+     py::arg("nthreads"), py::arg("stream"), py::arg("device"), py::arg("feat") = false,
+     "Fused rollout (start state r draws the Philox row row0 + r; feat: h_out is [H+1, n, deter + stoch * classes] "
+     "and also receives the latents one-hot after h, CPU only). dims = [n, horizon, deter, blocks, hidden, stoch, classes, act_dim, discrete, norm, actor_layers, "
      "actor_units, dyn_layers, prior_layers, bf16]; floats = [rssm_unimix, actor_unimix, min_std, max_std]; weights = "
      "pointers in the order of dreamer_ext.ops.rollout_weight_names; work: the CUDA workspace (rollout_work_floats "
      "floats on the device; CPU calls pass 0).");

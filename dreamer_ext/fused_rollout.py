@@ -11,7 +11,6 @@ from __future__ import annotations
 import operator
 
 import torch
-import torch.nn.functional as F
 
 from . import ops
 
@@ -131,17 +130,18 @@ class RolloutWeights:
 def fused_imagine(weights: RolloutWeights, start: dict, horizon: int, seed: int | None = None,
                   bf16: bool = False, row0: int = 0) -> dict:
     """:meth:`RSSM.imagine` through the fused op: ``start = {"h": [N, deter], "z": [N, S, C]}`` ->
-    ``{"h": [H+1, N, deter], "z": [H+1, N, S, C] one-hot, "feat": [H+1, N, F], "action": [H, N, A]}`` (no gradient).
+    ``{"h": [H+1, N, deter], "z": [H+1, N, S, C] one-hot, "feat": [H+1, N, F], "action": [H, N, A]}`` (no gradient;
+    h and z are views of feat, which the kernel writes in place).
     ``seed``: the Philox key (default: :func:`draw_seed`); ``bf16``: bf16 matmuls (float32 accumulation); ``row0``:
     the Philox row of start state 0."""
     h0 = start["h"].detach().float().contiguous()
     z0 = start["z"].detach().argmax(-1).to(torch.int32)
     seed = draw_seed() if seed is None else seed
-    h, z, a = ops.rollout(h0, z0, weights.get(bf16), weights.dims(h0.shape[0], horizon, bf16), weights.floats(), seed,
-                          row0)
-    z1 = F.one_hot(z.long(), weights.rssm.C).float()
-    feat = torch.cat([h, z1.reshape(*z1.shape[:-2], -1)], -1)
-    return {"h": h, "z": z1, "feat": feat, "action": a}
+    feat, _, a = ops.rollout(h0, z0, weights.get(bf16), weights.dims(h0.shape[0], horizon, bf16), weights.floats(),
+                             seed, row0, feat=True)
+    D, S, C = weights.rssm.deter, weights.rssm.S, weights.rssm.C
+    # h and the one-hot z are views of feat (its two parts; rows D + S*C apart)
+    return {"h": feat[..., :D], "z": feat[..., D:].unflatten(-1, (S, C)), "feat": feat, "action": a}
 
 
 def z_indices(z: torch.Tensor) -> torch.Tensor:

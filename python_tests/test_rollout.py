@@ -236,6 +236,8 @@ def test_registered_op_passes_opcheck():
     args = (start["h"], start["z"].argmax(-1).int(), W.get(), W.dims(3, 2), W.floats(), 11)
     torch.library.opcheck(torch.ops.dreamer_ext.rollout.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.dreamer_ext.rollout.default, args + (0, True),  # row0, the feat layout
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -571,3 +573,35 @@ def test_a_team_of_threads_on_a_large_models_few_rows_gives_bitwise_the_serial_s
             assert all(torch.equal(x, y) for x, y in zip(out, one)), (n, team)
     with pytest.raises(ValueError, match="threads"):
         plan(*act_inputs(agent, 1), 13, True, threads=0)
+
+
+# ------------------------------------------------------------------------------------------- the feat layout
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("n", [1, 3, 50])
+def test_the_feat_layout_is_h_and_the_one_hot_latents_side_by_side(n, bf16, backend):
+    """``feat=True``: the first output is [h, one-hot z] (the CPU kernel writes h rows D + S*C apart and the one-hot
+    after them), bitwise the concatenation of the plain outputs; z and a are unchanged."""
+    from dreamer_ext.ops._kernels import feat_of
+    agent, W = model(rssm={"dyn_layers": 2, "prior_layers": 1})
+    r = agent.wm.rssm
+    start = starts(r, n)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    args = (h0, z0, W.get(bf16), W.dims(n, 4, bf16), W.floats(), 9, 2)
+    with ops.use_backend(backend):
+        h, z, a = ops.rollout(*args)
+        feat, zf, af = ops.rollout(*args, feat=True)
+    assert feat.shape == (5, n, r.deter + r.S * r.C) and feat.is_contiguous()
+    assert torch.equal(feat, feat_of(h, z, r.C)) and torch.equal(zf, z) and torch.equal(af, a)
+    with pytest.raises(ValueError, match="feat"):
+        ops.rollout(*args, feat=1)
+
+
+def test_fused_imagine_returns_h_and_z_as_views_of_the_kernels_feat():
+    agent, W = model()
+    r = agent.wm.rssm
+    start = starts(r, 6)
+    out = fused_imagine(W, start, 3, seed=4)
+    h, z, a = ops.rollout(start["h"], start["z"].argmax(-1).int(), W.get(), W.dims(6, 3), W.floats(), 4)
+    assert torch.equal(out["h"], h) and torch.equal(out["z"], F.one_hot(z.long(), r.C).float())
+    assert out["h"].data_ptr() == out["feat"].data_ptr() and torch.equal(out["action"], a)

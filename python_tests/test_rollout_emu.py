@@ -120,3 +120,19 @@ def test_emulated_cuda_acting_resets_where_is_first(emu):
     other = K._act_impl(h * 0 + 0.7, (z + 1) % 4, prev.roll(1, -1), first, embed, W.get(), W.dims(6, 1), W.floats(),
                         5, True, mod=emu, emulate=True)
     assert all(torch.equal(x, y) for x, y in zip(base, other))
+
+
+def test_emulated_cuda_rollout_gives_the_feat_layout_by_concatenation(emu):
+    """The CUDA kernel writes h rows deter apart only: with feat=True its wrapper concatenates [h, one-hot z], so the
+    result is the CPU kernel's feat layout; the kernel itself refuses the in-place layout."""
+    agent, W = model()
+    start = starts(agent.wm.rssm, 5)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    args = (h0, z0, W.get(), W.dims(5, 3), W.floats(), 8)
+    h, z, a = K._rollout_impl(*args, mod=emu, emulate=True)
+    feat, zf, af = K._rollout_impl(*args, feat=True, mod=emu, emulate=True)
+    assert torch.equal(feat, K.feat_of(h, z, agent.wm.rssm.C)) and torch.equal(zf, z) and torch.equal(af, a)
+    work, *launch = K._device_args(h0, emu, args[3], True)
+    with pytest.raises(ValueError, match="feat layout"):
+        emu.rollout(list(args[3]), list(args[4]), 8, 0, K.weight_ptrs(args[2]), h0.data_ptr(), z0.data_ptr(),
+                    feat.data_ptr(), z.data_ptr(), a.data_ptr(), *launch, True)

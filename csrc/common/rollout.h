@@ -38,7 +38,9 @@ struct RolloutParams {
   int prior_layers; DenseW prior[kRolloutMaxLayers]; DenseW prior_out;  // prior_out: [hidden, S*C]
   const float* h0;     // [n, deter]
   const int32_t* z0;   // [n, stoch] class indices
-  float* h_out;        // [H+1, n, deter]
+  float* h_out;        // [H+1, n, deter] rows ldh apart
+  int64_t ldh;         // row stride of h_out in floats: deter, or deter + stoch * classes for the feat layout
+  float* z_onehot;     // null, or (feat layout, CPU rollout only) h_out + deter: the latents one-hot, rows ldh apart
   int32_t* z_out;      // [H+1, n, stoch]
   float* a_out;        // [H, n, act_dim]
   float* work;         // CUDA only: the launch's workspace, dx::cuda::rollout_work_floats(...) floats (CPU: unused)

@@ -351,14 +351,15 @@ struct Scratch {
   }
 };
 
-// h' = GRU update of h from the gate pre-activations [R, 3 D] (per block: r, c, u of D/g each).
-DX_MULTIVERSION void gru_rows(int R, const float* gates, const float* h, float* hn, int D, int g) {
+// h' = GRU update of h from the gate pre-activations [R, 3 D] (per block: r, c, u of D/g each); h and h' rows are
+// ldh floats apart.
+DX_MULTIVERSION void gru_rows(int R, const float* gates, const float* h, float* hn, int D, int g, int64_t ldh) {
   if (!serial()) return;
   const int db = D / g;
   for (int r = 0; r < R; ++r) {
     const float* gr = gates + int64_t(r) * 3 * D;
-    const float* hr = h + int64_t(r) * D;
-    float* hnr = hn + int64_t(r) * D;
+    const float* hr = h + int64_t(r) * ldh;
+    float* hnr = hn + int64_t(r) * ldh;
     for (int i = 0; i < g; ++i) {
       const float* gi = gr + int64_t(i) * 3 * db;
       for (int j = 0; j < db; ++j) hnr[i * db + j] = gru_update(gi[j], gi[db + j], gi[2 * db + j], hr[i * db + j]);
@@ -458,9 +459,9 @@ void pick_actions(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32
 }
 
 // The block-GRU core: hn [R, D] from h (also as `hin`), z indices, and the action taken (discrete: sc.aidx, an
-// index < 0 being no action; continuous: act [R, A]).
+// index < 0 being no action; continuous: act [R, A]). h and hn rows are ldh floats apart.
 void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const float* h, const int32_t* z,
-                         const float* act, float* hn) {
+                         const float* act, float* hn, int64_t ldh) {
   const int D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, g = p.blocks, H3 = 3 * Hd;
   uint32_t* xp = sc.xp.data();
   float* x3 = sc.x3.data();
@@ -497,35 +498,38 @@ void core_step(const RolloutParams& p, Scratch& sc, int R, const In& hin, const 
   }
   float* gates = sc.gates.data();
   block_linear(p.gru, g, R, hin, D, x3in, H3, have_xin ? &xin : nullptr, gates);
-  gru_rows(R, gates, h, hn, D, g);
+  gru_rows(R, gates, h, hn, D, g, ldh);
 }
 
 // Latent sample zn [R, S] from an MLP (the prior on h', or the posterior on [h', embed]) and its output layer.
 void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_t step, const DenseW* layers,
-                           int nlayers, const DenseW& out, const float* hn, const float* embed, int E, int32_t* zn) {
+                           int nlayers, const DenseW& out, const float* hn, const float* embed, int E, int32_t* zn,
+                           int64_t ldhn) {
   const int D = p.deter, S = p.stoch, C = p.classes, SC = S * C;
   uint32_t* xp = sc.xp.data();
   float* x = sc.xa.data();
   float* y = sc.xb.data();
   const float* pin = hn;
   int pw = D;
+  int64_t ldin = ldhn;  // the MLP's input rows: h' (ldhn apart), then the previous layer's (its width apart)
   for (int l = 0; l < nlayers; ++l) {
     const DenseW& L = layers[l];
     if (l == 0 && embed) {  // [h', embed]: two inputs, one weight (rows D.. for the embedding)
       set_bias(R, L.b, L.out, y, L.out);
-      gemm_acc(R, prep(R, hn, D, D, p.bf16, xp), 0, mat(L), 0, D, L.out, y, L.out);
+      gemm_acc(R, prep(R, hn, ldhn, D, p.bf16, xp), 0, mat(L), 0, D, L.out, y, L.out);
       gemm_acc(R, prep(R, embed, E, E, p.bf16, xp), 0, mat(L), D, E, L.out, y, L.out);
       norm_silu(R, y, L.out, L.out, L.nw, L.nb, p.norm);
     } else {
-      dense(L, R, prep(R, pin, pw, pw, p.bf16, xp), y, L.out, p.norm);
+      dense(L, R, prep(R, pin, ldin, pw, p.bf16, xp), y, L.out, p.norm);
     }
     std::swap(x, y);
     pin = x;
     pw = L.out;
+    ldin = L.out;
   }
   float* logits = sc.logits.data();
   set_bias(R, out.b, SC, logits, SC);
-  gemm_acc(R, prep(R, pin, pw, pw, p.bf16, xp), 0, mat(out), 0, pw, SC, logits, SC);
+  gemm_acc(R, prep(R, pin, ldin, pw, p.bf16, xp), 0, mat(out), 0, pw, SC, logits, SC);
   if (!serial()) return;
   for (int r = 0; r < R; ++r) {
     const uint32_t row = p.rng_row0 + uint32_t(b0 + r);
@@ -537,24 +541,36 @@ void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_
   }
 }
 
+// The feat layout's one-hot part of R rows (rows ldh apart) from their class indices.
+void write_onehot(const RolloutParams& p, int R, const int32_t* z, float* oh) {
+  const int S = p.stoch, C = p.classes;
+  for (int r = 0; r < R; ++r) {
+    float* o = oh + int64_t(r) * p.ldh;
+    std::fill(o, o + int64_t(S) * C, 0.0f);
+    for (int s = 0; s < S; ++s) o[int64_t(s) * C + z[int64_t(r) * S + s]] = 1.0f;
+  }
+}
+
 void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
   Scratch& sc = scratch_for(p, 0);
   const int D = p.deter, S = p.stoch, A = p.act_dim;
-  const int64_t N = p.n;
+  const int64_t N = p.n, ldh = p.ldh;
   for (int64_t b0 = row0; b0 < row_end; b0 += kRowBlock) {
     const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
-    std::memcpy(p.h_out + b0 * D, p.h0 + b0 * D, sizeof(float) * size_t(R) * D);
+    for (int r = 0; r < R; ++r) std::memcpy(p.h_out + (b0 + r) * ldh, p.h0 + (b0 + r) * D, sizeof(float) * D);
     std::memcpy(p.z_out + b0 * S, p.z0 + b0 * S, sizeof(int32_t) * size_t(R) * S);
+    if (p.z_onehot) write_onehot(p, R, p.z0 + b0 * S, p.z_onehot + b0 * ldh);
     for (int t = 0; t < p.horizon; ++t) {
-      const float* h = p.h_out + (int64_t(t) * N + b0) * D;
+      const float* h = p.h_out + (int64_t(t) * N + b0) * ldh;
       const int32_t* z = p.z_out + (int64_t(t) * N + b0) * S;
-      float* hn = p.h_out + (int64_t(t + 1) * N + b0) * D;
+      float* hn = p.h_out + (int64_t(t + 1) * N + b0) * ldh;
       int32_t* zn = p.z_out + (int64_t(t + 1) * N + b0) * S;
       float* act = p.a_out + (int64_t(t) * N + b0) * A;
-      const In hin = prep(R, h, D, D, p.bf16, sc.hp.data());  // h feeds the actor, in_h and the first core layer
+      const In hin = prep(R, h, ldh, D, p.bf16, sc.hp.data());  // h feeds the actor, in_h and the first core layer
       pick_actions(p, sc, R, b0, uint32_t(t), actor_logits(p, sc, R, hin, z), act, true);
-      core_step(p, sc, R, hin, h, z, act, hn);
-      latent_step(p, sc, R, b0, uint32_t(t), p.prior, p.prior_layers, p.prior_out, hn, nullptr, 0, zn);
+      core_step(p, sc, R, hin, h, z, act, hn, ldh);
+      latent_step(p, sc, R, b0, uint32_t(t), p.prior, p.prior_layers, p.prior_out, hn, nullptr, 0, zn, ldh);
+      if (p.z_onehot) write_onehot(p, R, zn, p.z_onehot + (int64_t(t + 1) * N + b0) * ldh);
     }
   }
 }
@@ -584,8 +600,9 @@ void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t 
     float* hn = p.h_out + b0 * D;
     int32_t* zn = p.z_out + b0 * S;
     const In hin = prep(R, h.data(), D, D, p.bf16, sc.hp.data());
-    core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn);
-    latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn);
+    core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn, D);
+    latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn,
+                D);
     if (q.z_onehot && serial()) {
       const int C = p.classes;
       float* oh = q.z_onehot + b0 * S * C;

@@ -559,6 +559,8 @@ void set_rollout_grid(int blocks) {
 void rollout_fwd(const RolloutParams& p, const Exec& e) {
   if (p.n <= 0) return;
   if (!p.work) throw std::invalid_argument("rollout: the CUDA rollout needs its workspace (rollout_work_floats)");
+  if (p.ldh != p.deter || p.z_onehot)
+    throw std::invalid_argument("rollout: the CUDA rollout writes h rows deter apart (no feat layout)");
   DeviceGuard guard(e);
   DX_LAUNCH(rollout_kernel, dim3(rollout_grid(p.n)), dim3(kThreads), stream_of(e))(p);
   check_launch("rollout");

@@ -465,8 +465,8 @@ def _check_rollout(h0, z0, weights, dims, floats, seed) -> list | None:
     return _check_state_and_weights(d, h0, z0, weights, lambda: rollout_weight_shapes(dims), floats, seed, 0)
 
 
-def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0,
+            feat: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused imagination rollout: from start states ``h0 [N, deter]`` (float32) and ``z0 [N, stoch]`` (int32 class
     indices), run the actor, sample an action, step the block-GRU core, run the prior and sample the next latent,
     ``horizon`` times. ``weights``: the tensors named by :func:`rollout_weight_shapes` (contiguous after this call);
@@ -475,7 +475,9 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     ``seed``: the Philox key and ``row0`` the Philox row of start state 0 (the uniforms of start state r at step t
     are :func:`reference.philox_uniform`'s for row ``row0 + r``; data-parallel ranks pass their first global row so
     that the draws do not depend on how the rows are split). Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]``
-    int32, a ``[H, N, act_dim]``: one-hot or continuous). No gradient.
+    int32, a ``[H, N, act_dim]``: one-hot or continuous). ``feat``: the first output is instead the feature the
+    actor and critic read, [h, one-hot z] ``[H+1, N, deter + stoch * classes]`` (the CPU kernel writes it in place,
+    which spares behaviour learning a one-hot and a concatenation over the whole trajectory). No gradient.
     """
     if not isinstance(row0, int) or row0 < 0 or row0 + h0.shape[0] > 2 ** 32:
         raise ValueError(f"row0: expected an int >= 0 with row0 + N <= 2^32, got {row0!r}")
@@ -483,11 +485,14 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
     if ptrs is None:
         weights = _detached(weights)
     h0, z0 = h0.detach().contiguous(), z0.contiguous()
+    if not isinstance(feat, bool):
+        raise ValueError(f"feat: expected a bool, got {feat!r}")
     if _backend == "reference":
-        return reference.rollout(h0, z0, weights, dims, floats, seed, row0)
+        return reference.rollout(h0, z0, weights, dims, floats, seed, row0, feat)
     if torch.compiler.is_compiling():
-        return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0)
-    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0, ptrs=ptrs)
+        return torch.ops.dreamer_ext.rollout(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0, feat)
+    return _kernel_module._rollout_impl(h0, z0, weights, list(dims), [float(f) for f in floats], seed, row0, feat,
+                                        ptrs=ptrs)
 
 
 def _detached(weights: list) -> list:

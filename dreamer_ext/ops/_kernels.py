@@ -22,7 +22,8 @@ lib.define("twohot(Tensor x, Tensor bins) -> Tensor")
 lib.define("twohot_ce_fwd(Tensor logits, Tensor target, Tensor bins) -> (Tensor, Tensor)")
 lib.define("twohot_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor bins, Tensor lse) -> Tensor")
 lib.define("lambda_return(Tensor reward, Tensor cont, Tensor value, float gamma, float lam) -> Tensor")
-lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed, int row0=0) "
+lib.define("rollout(Tensor h0, Tensor z0, Tensor?[] weights, int[] dims, float[] floats, int seed, int row0=0, "
+           "bool feat=False) "
            "-> (Tensor, Tensor, Tensor)")
 lib.define("act(Tensor h, Tensor z, Tensor prev_action, Tensor is_first, Tensor embed, Tensor?[] weights, int[] dims, "
            "float[] floats, int seed, bool sample) -> (Tensor, Tensor, Tensor)")
@@ -214,9 +215,16 @@ torch.library.register_autograd("dreamer_ext::twohot_ce_fwd", _twohot_ce_backwar
 
 
 # ---- the fused imagination rollout ---------------------------------------------------------------------
-def _rollout_outputs(h0, dims):
-    n, H, D, S, A = dims[0], dims[1], dims[2], dims[5], dims[7]
-    return (h0.new_empty(H + 1, n, D), h0.new_empty(H + 1, n, S, dtype=torch.int32), h0.new_empty(H, n, A))
+def _rollout_outputs(h0, dims, feat=False):
+    n, H, D, S, C, A = dims[0], dims[1], dims[2], dims[5], dims[6], dims[7]
+    return (h0.new_empty(H + 1, n, D + S * C if feat else D), h0.new_empty(H + 1, n, S, dtype=torch.int32),
+            h0.new_empty(H, n, A))
+
+
+def feat_of(h, z, classes):
+    """[h, one-hot z] (the rollout's feat layout) from h ``[..., D]`` and int32 class indices ``z [..., S]``."""
+    onehot = torch.nn.functional.one_hot(z.long(), classes).to(h.dtype)
+    return torch.cat([h, onehot.reshape(*onehot.shape[:-2], -1)], -1)
 
 
 def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
@@ -228,13 +236,17 @@ def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:
     return (work, work.data_ptr()) + _launch(t, emulate)[1:]
 
 
-def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, mod=_C, emulate=False, ptrs=None):
-    """``ptrs``: the weights' pointers when the caller has them (``ops.rollout`` keeps them with a checked list)."""
-    h, z, a = _rollout_outputs(h0, dims)
+def _rollout_impl(h0, z0, weights, dims, floats, seed, row0=0, feat=False, mod=_C, emulate=False, ptrs=None):
+    """``ptrs``: the weights' pointers when the caller has them (``ops.rollout`` keeps them with a checked list).
+    ``feat``: the first output is [h, one-hot z] (the CPU kernel writes it in place; CUDA concatenates after)."""
+    in_place = bool(feat) and not (emulate or h0.is_cuda)
+    h, z, a = _rollout_outputs(h0, dims, in_place)
     ptrs = weight_ptrs(weights) if ptrs is None else ptrs
     work, *launch = _device_args(h0, mod, dims, emulate)
     mod.rollout(list(dims), list(floats), int(seed), int(row0), ptrs, h0.data_ptr(), z0.data_ptr(), h.data_ptr(), z.data_ptr(),
-                a.data_ptr(), *launch)
+                a.data_ptr(), *launch, in_place)
+    if feat and not in_place:
+        h = feat_of(h, z, dims[6])
     return h, z, a
 
 
@@ -243,8 +255,8 @@ lib.impl("rollout", _rollout_impl, "CUDA")
 
 
 @torch.library.register_fake("dreamer_ext::rollout")
-def _(h0, z0, weights, dims, floats, seed, row0=0):
-    return _rollout_outputs(h0, dims)
+def _(h0, z0, weights, dims, floats, seed, row0=0, feat=False):
+    return _rollout_outputs(h0, dims, feat)
 
 
 def _act_outputs(h, dims):

@@ -246,12 +246,13 @@ def unpack_bf16_pairs(w: torch.Tensor) -> torch.Tensor:
     return w.transpose(-1, -2).reshape(*w.shape[:-3], -1, w.shape[-2]).float()
 
 
-def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, floats: list, seed: int, row0: int = 0,
+            feat: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused imagination rollout, step by step in PyTorch (see :func:`dreamer_ext.ops.rollout` for the
     arguments). One-hot inputs are built as pure one-hot tensors; the uniforms come from :func:`philox_uniform`
     and the draws from :func:`sample_index`, so the kernels sample the same classes wherever the probabilities
-    agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``)."""
+    agree. Returns (h ``[H+1, N, deter]``, z ``[H+1, N, stoch]`` int32 class indices, a ``[H, N, act_dim]``); with
+    ``feat`` the first is [h, one-hot z] ``[H+1, N, deter + stoch * classes]``."""
     d = dict(zip(ROLLOUT_DIMS, (int(v) for v in dims)))
     net = _Twin(weights, d, d["prior_layers"])
     net.set_floats(floats)
@@ -264,7 +265,11 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
         h = net.core(h, z, a_in)
         z = net.sample_latent(h, philox_uniform(seed, 1, n, S, 0, t, row0)[0].to(h.device))
         hs.append(h), zs.append(z), acts.append(a)
-    return torch.stack(hs), torch.stack(zs), torch.stack(acts)
+    h, z = torch.stack(hs), torch.stack(zs)
+    if feat:
+        onehot = F.one_hot(z.long(), d["classes"]).to(h.dtype)
+        h = torch.cat([h, onehot.reshape(*onehot.shape[:-2], -1)], -1)
+    return h, z, torch.stack(acts)
 
 
 def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor, embed: torch.Tensor,
