@@ -541,11 +541,11 @@ void latent_step(const RolloutParams& p, Scratch& sc, int R, int64_t b0, uint32_
   }
 }
 
-// The feat layout's one-hot part of R rows (rows ldh apart) from their class indices.
-void write_onehot(const RolloutParams& p, int R, const int32_t* z, float* oh) {
+// The one-hot latents of R rows (rows `ld` floats apart) from their class indices [R, S].
+void write_onehot(const RolloutParams& p, int R, const int32_t* z, float* oh, int64_t ld) {
   const int S = p.stoch, C = p.classes;
   for (int r = 0; r < R; ++r) {
-    float* o = oh + int64_t(r) * p.ldh;
+    float* o = oh + int64_t(r) * ld;
     std::fill(o, o + int64_t(S) * C, 0.0f);
     for (int s = 0; s < S; ++s) o[int64_t(s) * C + z[int64_t(r) * S + s]] = 1.0f;
   }
@@ -559,7 +559,7 @@ void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
     const int R = int(std::min<int64_t>(kRowBlock, row_end - b0));
     for (int r = 0; r < R; ++r) std::memcpy(p.h_out + (b0 + r) * ldh, p.h0 + (b0 + r) * D, sizeof(float) * D);
     std::memcpy(p.z_out + b0 * S, p.z0 + b0 * S, sizeof(int32_t) * size_t(R) * S);
-    if (p.z_onehot) write_onehot(p, R, p.z0 + b0 * S, p.z_onehot + b0 * ldh);
+    if (p.z_onehot) write_onehot(p, R, p.z0 + b0 * S, p.z_onehot + b0 * ldh, ldh);
     for (int t = 0; t < p.horizon; ++t) {
       const float* h = p.h_out + (int64_t(t) * N + b0) * ldh;
       const int32_t* z = p.z_out + (int64_t(t) * N + b0) * S;
@@ -570,7 +570,7 @@ void rollout_rows(const RolloutParams& p, int64_t row0, int64_t row_end) {
       pick_actions(p, sc, R, b0, uint32_t(t), actor_logits(p, sc, R, hin, z), act, true);
       core_step(p, sc, R, hin, h, z, act, hn, ldh);
       latent_step(p, sc, R, b0, uint32_t(t), p.prior, p.prior_layers, p.prior_out, hn, nullptr, 0, zn, ldh);
-      if (p.z_onehot) write_onehot(p, R, zn, p.z_onehot + (int64_t(t + 1) * N + b0) * ldh);
+      if (p.z_onehot) write_onehot(p, R, zn, p.z_onehot + (int64_t(t + 1) * N + b0) * ldh, ldh);
     }
   }
 }
@@ -603,12 +603,7 @@ void act_rows(const RolloutParams& p, const ActParams& q, int64_t row0, int64_t 
     core_step(p, sc, R, hin, h.data(), z.data(), prev.data(), hn, D);
     latent_step(p, sc, R, b0, 0, q.post, q.post_layers, q.post_out, hn, q.embed + b0 * q.embed_dim, q.embed_dim, zn,
                 D);
-    if (q.z_onehot && serial()) {
-      const int C = p.classes;
-      float* oh = q.z_onehot + b0 * S * C;
-      std::fill(oh, oh + int64_t(R) * S * C, 0.0f);
-      for (int i = 0; i < R * S; ++i) oh[int64_t(i) * C + zn[i]] = 1.0f;
-    }
+    if (q.z_onehot && serial()) write_onehot(p, R, zn, q.z_onehot + b0 * S * p.classes, int64_t(S) * p.classes);
     const In hnin = prep(R, hn, D, D, p.bf16, sc.hp.data());
     pick_actions(p, sc, R, b0, 0, actor_logits(p, sc, R, hnin, zn), p.a_out + b0 * A, q.sample);
   }

@@ -607,5 +607,4 @@ class ActPlan:
         n = h.shape[0] if isinstance(h, torch.Tensor) and h.dim() == 2 else -1
         dims = [max(n, 0)] + self.dims[1:]
         hn, zn, a = act(h, z, prev_action, is_first, embed, self.weights, dims, self.floats, seed, sample)
-        _, S, C, _, _ = self._sizes
-        return hn, zn, torch.nn.functional.one_hot(zn.long(), C).to(hn.dtype).reshape(hn.shape[0], S, C), a
+        return hn, zn, torch.nn.functional.one_hot(zn.long(), self._sizes[2]).to(hn.dtype), a

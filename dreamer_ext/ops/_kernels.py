@@ -12,6 +12,7 @@ import torch
 
 from .. import _C
 from . import weight_ptrs
+from .reference import feat_of
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 
@@ -220,11 +221,6 @@ def _rollout_outputs(h0, dims, feat=False):
     return (h0.new_empty(H + 1, n, D + S * C if feat else D), h0.new_empty(H + 1, n, S, dtype=torch.int32),
             h0.new_empty(H, n, A))
 
-
-def feat_of(h, z, classes):
-    """[h, one-hot z] (the rollout's feat layout) from h ``[..., D]`` and int32 class indices ``z [..., S]``."""
-    onehot = torch.nn.functional.one_hot(z.long(), classes).to(h.dtype)
-    return torch.cat([h, onehot.reshape(*onehot.shape[:-2], -1)], -1)
 
 
 def _device_args(t: torch.Tensor, mod, dims, emulate: bool) -> tuple:

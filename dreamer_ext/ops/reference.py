@@ -266,10 +266,13 @@ def rollout(h0: torch.Tensor, z0: torch.Tensor, weights: list, dims: list, float
         z = net.sample_latent(h, philox_uniform(seed, 1, n, S, 0, t, row0)[0].to(h.device))
         hs.append(h), zs.append(z), acts.append(a)
     h, z = torch.stack(hs), torch.stack(zs)
-    if feat:
-        onehot = F.one_hot(z.long(), d["classes"]).to(h.dtype)
-        h = torch.cat([h, onehot.reshape(*onehot.shape[:-2], -1)], -1)
-    return h, z, torch.stack(acts)
+    return (feat_of(h, z, d["classes"]) if feat else h), z, torch.stack(acts)
+
+
+def feat_of(h: torch.Tensor, z: torch.Tensor, classes: int) -> torch.Tensor:
+    """[h, one-hot z] (the rollout's feat layout) from h ``[..., D]`` and int32 class indices ``z [..., S]``."""
+    onehot = F.one_hot(z.long(), classes).to(h.dtype)
+    return torch.cat([h, onehot.reshape(*onehot.shape[:-2], -1)], -1)
 
 
 def act(h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor, embed: torch.Tensor,
