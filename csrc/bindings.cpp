@@ -414,6 +414,10 @@ PYBIND11_MODULE(DX_MODULE_NAME, m) {
   // ---- emulation-only: the emulated current device, and the primitives' test kernels ----
   m.def("set_rollout_grid", [](int blocks) { dx::cuda::set_rollout_grid(blocks); }, py::arg("blocks"),
         "Force the emulated rollout/acting launches onto this many blocks (0: the launch's own choice).");
+  m.def("set_rollout_path", [](int path, int64_t chunk_rows) { dx::cuda::set_rollout_path(path, chunk_rows); },
+        py::arg("path"), py::arg("chunk_rows") = 0,
+        "Force the emulated rollout onto a path (0: chosen by size, 1: the row-owned kernel, 2: the phase kernels) and "
+        "the phase path's rows per chunk (0: its default).");
   m.def("emulated_devices", [] { return dx_emu::kEmulatedDevices; }, "How many CUDA devices the emulation pretends to have.");
   m.def("current_device", [] { int d = -1; cudaGetDevice(&d); return d; }, "The calling thread's emulated current device.");
   m.def("set_device", [](int d) {

@@ -136,3 +136,87 @@ def test_emulated_cuda_rollout_gives_the_feat_layout_by_concatenation(emu):
     with pytest.raises(ValueError, match="feat layout"):
         emu.rollout(list(args[3]), list(args[4]), 8, 0, K.weight_ptrs(args[2]), h0.data_ptr(), z0.data_ptr(),
                     feat.data_ptr(), z.data_ptr(), a.data_ptr(), *launch, True)
+
+
+# ---- the phase kernels (the path of large rollouts: a kernel per layer over 64-row x 32-column tiles) ----
+
+@pytest.fixture
+def path(emu):
+    """Forces the emulated rollout's path (1: row-owned, 2: phases) and the phase path's chunk of rows for one test,
+    and restores the choice by size afterwards."""
+    yield emu.set_rollout_path
+    emu.set_rollout_path(0, 0)
+
+
+PHASE_CASES = [  # (model, bf16, chunk rows): chunk 0 is the emulation's default of 80 (70 rows: one chunk of two
+    (CASES[0], False, 0),  # 64-row tiles, the second partial); 48 makes a second chunk of 22 rows
+    (CASES[1], True, 48),
+    (CASES[2], False, 48),
+    (CASES[4], True, 0),
+    (dict(rssm={"deter": 24, "blocks": 2, "hidden": 12}, actor={"units": 20}), True, 0),  # widths not multiples of 8
+    (CASES[3], False, 0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(PHASE_CASES)))
+def test_emulated_phase_kernels_are_bitwise_the_row_owned_kernel(emu, path, case):
+    """Every output is summed in the same order on both paths (bias, k-blocks, gathers), so the phase kernels give the
+    row-owned kernel's rollout bit for bit: 70 rows in 64-row tiles (16-row tiles for the norms and samples), one or
+    two chunks, discrete and continuous actions, LayerNorm, two dyn layers, a dense GRU, fp32 and bf16, and widths
+    that are not multiples of 8 (the column fallbacks in bf16)."""
+    kw, bf16, chunk = dict(PHASE_CASES[case][0]), *PHASE_CASES[case][1:]
+    agent, W = model(discrete=kw.pop("discrete", True), act_dim=kw.pop("act_dim", 3), **kw)
+    start = starts(agent.wm.rssm, 70)
+    path(1)
+    row, ref, _ = emulated_rollout(emu, W, start, 2, seed=17, bf16=bf16)
+    dims = W.dims(70, 2, bf16)
+    row_work = emu.rollout_work_floats(dims)
+    path(2, chunk)
+    assert emu.rollout_work_floats(dims) != row_work  # the phase path's own workspace: the path was switched
+    got, _, _ = emulated_rollout(emu, W, start, 2, seed=17, bf16=bf16)
+    assert all(torch.equal(x, y) for x, y in zip(got, row))
+    assert_agrees_with_twin(row, ref, bf16, bf16_agreement=0.99)
+
+
+def test_emulated_phase_kernels_match_the_pytorch_twin_and_offset_philox_rows(emu, path):
+    agent, W = model(discrete=False, act_dim=2)
+    start = starts(agent.wm.rssm, 67)
+    path(2, 32)  # three chunks: each draws the uniforms of its own rows
+    out, ref, _ = emulated_rollout(emu, W, start, 3, seed=23)
+    assert_agrees_with_twin(out, ref, False, bf16_agreement=1.0)
+    h0, z0 = start["h"], start["z"].argmax(-1).to(torch.int32)
+    part = K._rollout_impl(h0[40:], z0[40:], W.get(), W.dims(27, 3), W.floats(), 23, row0=40, mod=emu, emulate=True)
+    assert all(torch.equal(x, y[:, 40:]) for x, y in zip(part, out))
+
+
+def test_emulated_phase_workspace_is_sized_by_the_chunk(emu, path):
+    agent, W = model()
+    dims = W.dims(100, 4, False)
+    path(2, 20)
+    twenty = emu.rollout_work_floats(dims)
+    path(2, 40)
+    forty = emu.rollout_work_floats(dims)
+    path(2, 0)
+    whole = emu.rollout_work_floats(dims)  # the emulation's default chunk (80 rows)
+    assert 0 < twenty < forty < whole
+    assert emu.rollout_work_floats(W.dims(10, 4, False)) < twenty  # a rollout smaller than the chunk
+    with pytest.raises(ValueError, match="path"):
+        emu.set_rollout_path(3)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        emu.set_rollout_path(2, -1)
+
+
+def test_rollouts_choose_the_phase_kernels_by_size(emu):
+    """Large rollouts (N >= 1024 rows at deter >= 1024) take the phase path, whose workspace is a chunk of rows and
+    does not grow with the grid; smaller ones keep the row-owned kernel's workspace of one slice per block."""
+    agent, W = model(rssm={"deter": 1024, "blocks": 8, "hidden": 16}, actor={"units": 16})
+    small, large = W.dims(1023, 2, False), W.dims(1024, 2, False)
+    try:
+        sizes = {}
+        for blocks in (1, 3):
+            emu.set_rollout_grid(blocks)
+            sizes[blocks] = emu.rollout_work_floats(small), emu.rollout_work_floats(large)
+    finally:
+        emu.set_rollout_grid(0)
+    assert sizes[3][0] == 3 * sizes[1][0]  # row-owned: per block
+    assert sizes[3][1] == sizes[1][1] > sizes[1][0]  # phases: the default chunk of 80 rows, whatever the grid

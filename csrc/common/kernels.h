@@ -30,5 +30,8 @@ void act_fwd(const RolloutParams& p, const ActParams& q, const Exec& e);
 int64_t rollout_work_floats(const RolloutParams& p, bool acting);
 #if defined(DX_EMU)
 void set_rollout_grid(int blocks);  // tests: force the grid size (0: the launch's own choice)
+// tests: force the rollout's path (0: choose by size, 1: the row-owned kernel, 2: the phase kernels) and the phase
+// path's chunk of rows (0: its default)
+void set_rollout_path(int path, int64_t chunk_rows);
 #endif
 } }

@@ -16,12 +16,15 @@
 // multiple of 8 (the GRU's warp holds the r, c and u tiles of the same 8 units and updates h in registers), the
 // core's in_h layer and the actor's first layer (its one-hot z rows added as gathers at the fragment positions); only
 // the gather-only layers (in_z, a discrete in_a) and a continuous in_a keep the per-thread column loops.
-// Not yet here: the phase kernels over tiles for large N; this kernel is the spec's choice for size1m and acting and
-// a correct baseline at every size.
+// Large rollouts (N >= 1024 at deter >= 1024) take the phase kernels below instead: a kernel per layer over 64-row
+// x 32-column tiles, bitwise the same results. Neither path has been timed on a GPU yet.
 #include "launch.h"
 #include "mma.h"
 #include "../common/kernels.h"
 #include "../common/rollout.h"
+
+#include <array>
+#include <utility>
 
 #if defined(DX_EMU)
 #include <atomic>
@@ -141,22 +144,35 @@ __device__ void norm_silu(int R, float* Y, int64_t ldy, int O, const float* nw, 
   }
 }
 
-// c += bf16(X[:R, :K]) @ Wb[:K, n] for this lane's mma fragments (tensor cores, mma.h): the tile's kTile = 16 rows are
-// the mma's 16 (rows >= R and k >= K read as zeros; an odd K's last k-pair word has a zero high half), Wb the bf16
-// k-pair words [ceil(K/2), ld], n this lane's B column (g) of the warp's 8-column group (valid: n_ok).
-__device__ __forceinline__ void mma_acc(float c[4], int R, const float* X, int64_t ldx, int K, const uint32_t* Wb,
-                                        int64_t ld, int n, bool n_ok) {
+// c[m] += bf16(X[16 m .. 16 m + 15, :K]) @ Wb[:K, n] for this lane's mma fragments of MT row tiles (tensor cores,
+// mma.h): rows >= R and k >= K read as zeros (an odd K's last k-pair word has a zero high half), Wb the bf16 k-pair
+// words [ceil(K/2), ld], n this lane's B column (g) of the warp's 8-column group (valid: n_ok). A weight fragment is
+// loaded once for the MT tiles; each output sums its k-blocks in order from c, whatever MT is.
+template <int MT>
+__device__ __forceinline__ void mma_acc_mt(float (*c)[4], int R, const float* X, int64_t ldx, int K, const uint32_t* Wb,
+                                           int64_t ld, int n, bool n_ok) {
   const int lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;
-  auto x_at = [&](int r, int k) { return r < R && k < K ? X[r * ldx + k] : 0.0f; };
+  auto x_at = [&](int r, int k) { return r < R && k < K ? X[int64_t(r) * ldx + k] : 0.0f; };
   for (int k0 = 0; k0 < K; k0 += 16) {
     const int k = k0 + 2 * t;
-    const uint32_t a[4] = {pack_bf16x2(x_at(g, k), x_at(g, k + 1)), pack_bf16x2(x_at(g + 8, k), x_at(g + 8, k + 1)),
-                           pack_bf16x2(x_at(g, k + 8), x_at(g, k + 9)),
-                           pack_bf16x2(x_at(g + 8, k + 8), x_at(g + 8, k + 9))};
     const uint32_t b[2] = {n_ok && k < K ? Wb[int64_t(k / 2) * ld + n] : 0u,
                            n_ok && k + 8 < K ? Wb[int64_t((k + 8) / 2) * ld + n] : 0u};
-    mma_bf16_16x8x16(c, a, b);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (16 * m >= R) break;  // uniform per warp
+      const int r = 16 * m + g;
+      const uint32_t a[4] = {pack_bf16x2(x_at(r, k), x_at(r, k + 1)), pack_bf16x2(x_at(r + 8, k), x_at(r + 8, k + 1)),
+                             pack_bf16x2(x_at(r, k + 8), x_at(r, k + 9)),
+                             pack_bf16x2(x_at(r + 8, k + 8), x_at(r + 8, k + 9))};
+      mma_bf16_16x8x16(c[m], a, b);
+    }
   }
+}
+
+// The row-owned kernel's one tile of kTile = 16 rows (the mma's M).
+__device__ __forceinline__ void mma_acc(float c[4], int R, const float* X, int64_t ldx, int K, const uint32_t* Wb,
+                                        int64_t ld, int n, bool n_ok) {
+  mma_acc_mt<1>(reinterpret_cast<float(*)[4]>(c), R, X, ldx, K, Wb, ld, n, n_ok);
 }
 
 // c[e] += the weight rows of a one-hot input idx [R, S] (C classes; < 0: an all-zero group) at this lane's fragment
@@ -439,6 +455,19 @@ __device__ void core_step(const RolloutParams& p, const Work& w, int R, const fl
   __syncthreads();
 }
 
+// zn [R, S]: each group of the latent logits [R, S * C] (overwritten with its unimixed probabilities) sampled with
+// the uniforms of (row b0 + r, step).
+__device__ void sample_latents(const RolloutParams& p, int R, int64_t b0, uint32_t step, float* logits, int32_t* zn) {
+  const int S = p.stoch, C = p.classes;
+  for (int i = threadIdx.x; i < R * S; i += blockDim.x) {
+    const int r = i / S, s = i % S;
+    float* l = logits + (int64_t(r) * S + s) * C;
+    unimix_probs(l, C, p.rssm_unimix);
+    zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, p.rng_row0 + uint32_t(b0 + r), step, kStreamLatent, uint32_t(s)));
+  }
+  __syncthreads();
+}
+
 // Latent sample zn [R, S] from an MLP on h' (the prior) or on [h', embed] (the posterior) and its output layer.
 __device__ void latent_step(const RolloutParams& p, const Work& w, int R, int64_t b0, uint32_t step, const DenseW* layers,
                             int nlayers, const DenseW& out, const float* hn, const float* embed, int E, int32_t* zn) {
@@ -455,13 +484,7 @@ __device__ void latent_step(const RolloutParams& p, const Work& w, int R, int64_
   }
   if (nlayers == 0 && embed) dense(out, R, hn, D, D, w.logits, SC, p.norm, embed, E, E);
   else dense(out, R, pin, pw, pw, w.logits, SC, p.norm);
-  for (int i = threadIdx.x; i < R * S; i += blockDim.x) {
-    const int r = i / S, s = i % S;
-    float* l = w.logits + int64_t(r) * SC + int64_t(s) * C;
-    unimix_probs(l, C, p.rssm_unimix);
-    zn[int64_t(r) * S + s] = sample_index(l, C, rollout_uniform(p.seed, p.rng_row0 + uint32_t(b0 + r), step, kStreamLatent, uint32_t(s)));
-  }
-  __syncthreads();
+  sample_latents(p, R, b0, step, w.logits, zn);
 }
 
 // The block's tiles (grid-stride): first row b0 and rows R of each.
@@ -535,6 +558,321 @@ __global__ void act_kernel(RolloutParams p, ActParams q) {
   }
 }
 
+// ---- the phase kernels (large N): each layer of a step is one kernel over (column tile, row tile, block group) ----
+//
+// A block computes kPhaseRows = 64 rows x kPhaseCols columns of one layer, so each weight fragment it loads serves
+// four 16-row mma tiles (the row-owned kernel's tiles are 16 rows: at large N it reads every weight once per 16 rows
+// per step). The activations between the kernels live in a workspace of a chunk of rows; norms, sampling and the
+// start copy are row kernels of the row-owned kernel's block size that reuse its per-tile functions. Every output
+// is summed in the row-owned kernel's order (bias, then the matmul's k-blocks or k in order, then the gathers), so
+// the two paths give bitwise the same rollout. Launched back to back on the caller's stream (no graph capture yet).
+
+#if defined(DX_EMU)
+constexpr int kPhaseWarps = 2;
+constexpr int64_t kPhaseChunkRows = 80;  // small, so that the tests' inputs take several chunks
+std::atomic<int> g_path_override{0};     // 0: choose, 1: row-owned, 2: phases
+std::atomic<int64_t> g_chunk_override{0};
+#else
+constexpr int kPhaseWarps = 4;
+constexpr int64_t kPhaseChunkRows = 8192;  // bounds the workspace: about 26 KB per row at size12m
+#endif
+constexpr int kPhaseTiles = 4;  // mma row tiles per block
+constexpr int kPhaseRows = kTile * kPhaseTiles;
+constexpr int kPhaseThreads = kPhaseWarps * kWarp;
+constexpr int kPhaseCols = 8 * kPhaseWarps;  // a warp per 8 columns (tensor cores) or 4 threads per column (float32)
+
+// One layer: Y[r, q out + o] for q < Q (Q = 3: the GRU's r, c and u columns of unit o, Y = the new h) of
+//   bias[q out + o] + X[r, :K] @ W[:K] + X2[r, :K2] @ W[K : K + K2] + sum_s W[K + K2 + s C + idx[r, s]]
+// for rows r < n; blockIdx.z selects a group (a block of a block-linear layer) whose X, weights, bias and Y start
+// gx, gw, gb and gy elements further.
+struct Gemm {
+  const float* X; int64_t ldx; int K;
+  const float* X2; int64_t ldx2; int K2;
+  const int32_t* idx; int64_t ldi; int S, C;
+  const float* wf; const uint32_t* wb; int64_t ldw;  // float32 [rows, ldw] or bf16 k-pair words [rows / 2, ldw]
+  const float* bias; float* Y; int64_t ldy; int out;
+  const float* h;  // Q = 3: the previous h, ldy like Y
+  bool mma;        // tensor cores (bf16 weights) or a thread per column (float32, or bf16 read as floats)
+  int64_t n, gx, gw, gb, gy;
+};
+
+template <int Q>
+__global__ void gemm_kernel(Gemm g) {
+  const int grp = blockIdx.z;
+  const int64_t r0 = int64_t(blockIdx.y) * kPhaseRows;
+  const int R = int(g.n - r0 < kPhaseRows ? g.n - r0 : kPhaseRows);
+  const float* X = g.X ? g.X + grp * g.gx + r0 * g.ldx : nullptr;
+  const float* X2 = g.X2 ? g.X2 + r0 * g.ldx2 : nullptr;
+  const int32_t* idx = g.idx ? g.idx + r0 * g.ldi : nullptr;
+  const float* bias = g.bias + grp * g.gb;
+  float* Y = g.Y + grp * g.gy + r0 * g.ldy;
+  const float* h = g.h ? g.h + grp * g.gy + r0 * g.ldy : nullptr;
+  const int c_base = int(blockIdx.x) * kPhaseCols;
+  auto epilogue = [&](int r, int o, const float* v) {  // v[q]: row r, unit/column o
+    const int64_t at = int64_t(r) * g.ldy + o;
+    Y[at] = Q == 3 ? gru_update(v[0], v[1], v[2], h[at]) : v[0];
+  };
+  if (g.mma) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, fg = lane / 4, ft = lane % 4;
+    const int n0 = c_base + warp * 8;
+    if (n0 >= g.out) return;  // uniform per warp; no barriers in this kernel
+    const int c0 = n0 + 2 * ft;
+    const uint32_t* Wb = g.wb + grp * g.gw;
+    float c[Q][kPhaseTiles][4];
+    for (int q = 0; q < Q; ++q) {
+      const int cq = q * g.out + c0;
+      const float b0 = c0 < g.out ? bias[cq] : 0.0f, b1 = c0 + 1 < g.out ? bias[cq + 1] : 0.0f;
+      for (int m = 0; m < kPhaseTiles; ++m) c[q][m][0] = c[q][m][2] = b0, c[q][m][1] = c[q][m][3] = b1;
+      const int n = q * g.out + n0 + fg;
+      const bool n_ok = n0 + fg < g.out;
+      if (g.K) mma_acc_mt<kPhaseTiles>(c[q], R, X, g.ldx, g.K, Wb, g.ldw, n, n_ok);
+      if (g.K2) mma_acc_mt<kPhaseTiles>(c[q], R, X2, g.ldx2, g.K2, Wb + int64_t(g.K / 2) * g.ldw, g.ldw, n, n_ok);
+      if (idx)
+        for (int m = 0; m < kPhaseTiles && 16 * m < R; ++m)
+          gather_frag(c[q][m], R - 16 * m, idx + int64_t(16 * m) * g.ldi, g.ldi, g.S, g.C,
+                      Wb + int64_t((g.K + g.K2) / 2) * g.ldw, g.ldw, c0 + q * g.out, (q + 1) * g.out);
+    }
+    for (int m = 0; m < kPhaseTiles; ++m)
+      for (int e = 0; e < 4; ++e) {
+        const int r = 16 * m + fg + (e >= 2 ? 8 : 0), o = c0 + (e & 1);
+        const float v[3] = {c[0][m][e], c[Q > 1 ? 1 : 0][m][e], c[Q > 2 ? 2 : 0][m][e]};
+        if (r < R && o < g.out) epilogue(r, o, v);
+      }
+    return;
+  }
+  const int o = c_base + int(threadIdx.x) % kPhaseCols;
+  if (o >= g.out) return;
+  Col W[Q];
+  for (int q = 0; q < Q; ++q)
+    W[q] = Col{g.wf ? g.wf + grp * g.gw + q * g.out + o : nullptr,
+               g.wb ? g.wb + grp * g.gw + q * g.out + o : nullptr, g.ldw};
+  for (int m = int(threadIdx.x) / kPhaseCols; m < kPhaseTiles && 16 * m < R; m += kPhaseThreads / kPhaseCols) {
+    const int rows = R - 16 * m < kTile ? R - 16 * m : kTile;
+    const int64_t rm = 16 * m;
+    float acc[Q][kTile];
+    for (int q = 0; q < Q; ++q) {
+      col_init(acc[q], bias[q * g.out + o]);
+      if (g.K) col_acc(acc[q], rows, X + rm * g.ldx, g.ldx, W[q], g.K);
+      if (g.K2) col_acc(acc[q], rows, X2 + rm * g.ldx2, g.ldx2, W[q].shift(g.K), g.K2);
+      if (idx) col_gather(acc[q], rows, idx + rm * g.ldi, g.ldi, g.S, g.C, W[q].shift(g.K + g.K2));
+    }
+    for (int r = 0; r < rows; ++r) {
+      const float v[3] = {acc[0][r], acc[Q > 1 ? 1 : 0][r], acc[Q > 2 ? 2 : 0][r]};
+      epilogue(int(rm) + r, o, v);
+    }
+  }
+}
+
+// The row kernels: a block of kThreads per tile of kTile rows (the row-owned kernel's per-tile functions).
+struct RowArgs {
+  RolloutParams p;
+  int64_t n, row0;  // rows of this chunk, and its first row in the rollout (Philox rows)
+  float* Y; int64_t ldy; int O, parts; int64_t ldp; const float *nw[3], *nb[3];  // norm + SiLU of row segments
+  float* logits; int32_t* aidx; float* an; float* act; int32_t* zn; uint32_t step;  // sampling
+};
+
+__global__ void norm_kernel(RowArgs a) {
+  const int64_t b0 = int64_t(blockIdx.x) * kTile;
+  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  norm_silu(R, a.Y + b0 * a.ldy, a.ldy, a.O, a.nw[0], a.nb[0], a.p.norm, a.parts, a.ldp, a.nw[1], a.nb[1], a.nw[2],
+            a.nb[2]);
+}
+
+__global__ void actions_kernel(RowArgs a) {
+  const int64_t b0 = int64_t(blockIdx.x) * kTile;
+  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  Work w{};
+  w.logits = a.logits + b0 * a.p.actor_out.out;
+  w.aidx = a.aidx + b0;
+  w.an = a.an + b0 * a.p.act_dim;
+  pick_actions(a.p, w, R, a.row0 + b0, a.step, a.act + b0 * a.p.act_dim, true);
+}
+
+__global__ void latents_kernel(RowArgs a) {
+  const int64_t b0 = int64_t(blockIdx.x) * kTile;
+  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  sample_latents(a.p, R, a.row0 + b0, a.step, a.logits + b0 * a.p.stoch * a.p.classes, a.zn + b0 * a.p.stoch);
+}
+
+__global__ void start_kernel(RolloutParams p) {  // states 0 of the rollout: h0 and z0
+  const int64_t nh = p.n * p.deter, nz = p.n * p.stoch;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < nh + nz; i += int64_t(gridDim.x) * blockDim.x)
+    if (i < nh) p.h_out[i] = p.h0[i];
+    else p.z_out[i - nh] = p.z0[i - nh];
+}
+
+// The phase path's workspace per row of a chunk (floats; aidx takes float slots), as slices of 128 bytes.
+struct PhaseWork {
+  float *xa, *xb, *x3, *da, *db, *logits, *an;
+  int32_t* aidx;
+};
+
+DX_HD int64_t round32(int64_t f) { return (f + 31) / 32 * 32; }
+
+int64_t phase_chunk(const RolloutParams& p) {
+#if defined(DX_EMU)
+  if (const int64_t c = g_chunk_override.load()) return std::min(p.n, c);
+#endif
+  return std::min(p.n, kPhaseChunkRows);
+}
+
+PhaseWork phase_work(const RolloutParams& p, int64_t rows, int64_t* floats) {
+  const int64_t width = actor_width(p), SC = int64_t(p.stoch) * p.classes, AO = p.actor_out.out;
+  const int64_t sizes[8] = {rows * width, rows * width, rows * 3 * p.hidden, rows * p.deter, rows * p.deter,
+                            rows * std::max(SC, AO), rows * p.act_dim, rows};
+  float* at[8];
+  int64_t f = 0;
+  for (int i = 0; i < 8; ++i) {
+    at[i] = p.work ? p.work + f : nullptr;
+    f += round32(sizes[i]);
+  }
+  if (floats) *floats = f;
+  return PhaseWork{at[0], at[1], at[2], at[3], at[4], at[5], at[6], reinterpret_cast<int32_t*>(at[7])};
+}
+
+// Large rollouts take the phase path: their row tiles outnumber the SMs and their weights outgrow what one
+// block's tile should stream every step (a size12m step reads 12 MB of bf16 weights). Not yet measured on a GPU.
+bool use_phases(const RolloutParams& p) {
+#if defined(DX_EMU)
+  if (const int o = g_path_override.load()) return o == 2;
+#endif
+  return p.n >= 1024 && p.deter >= 1024;
+}
+
+class Phases {
+ public:
+  Phases(const RolloutParams& p, cudaStream_t s) : p_(p), s_(s) {}
+
+  void run() {
+    const RolloutParams& p = p_;
+    const int64_t N = p.n, chunk = phase_chunk(p);
+    DX_LAUNCH(start_kernel, dim3(unsigned(grid_for(N * (p.deter + p.stoch), kThreads))), dim3(kThreads), s_)(p);
+    check_launch("rollout (start states)");
+    w_ = phase_work(p, chunk, nullptr);
+    for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+      n_ = std::min(chunk, N - c0);
+      row0_ = c0;
+      for (int t = 0; t < p.horizon; ++t) step(t, c0);
+    }
+  }
+
+ private:
+  // One imagined step of the chunk's rows (c0 ..): actor, action, core, prior, latent.
+  void step(int t, int64_t c0) {
+    const RolloutParams& p = p_;
+    const int64_t N = p.n, D = p.deter, S = p.stoch, C = p.classes, A = p.act_dim, Hd = p.hidden, H3 = 3 * Hd;
+    const float* h = p.h_out + (t * N + c0) * D;
+    const int32_t* z = p.z_out + (t * N + c0) * S;
+    float* hn = p.h_out + ((t + 1) * N + c0) * D;
+    int32_t* zn = p.z_out + ((t + 1) * N + c0) * S;
+    // actor: [h, onehot z] -> MLP -> logits -> actions
+    float *x = w_.xa, *y = w_.xb;
+    int width = 0;
+    for (int l = 0; l < p.actor_layers; ++l) {
+      const DenseW& L = p.actor[l];
+      if (l == 0) dense(L, h, D, int(D), y, L.out, z, S, int(S), int(C));
+      else dense(L, x, width, width, y, L.out);
+      std::swap(x, y);
+      width = L.out;
+    }
+    dense(p.actor_out, x, width, width, w_.logits, p.actor_out.out);
+    rows(actions_kernel, [&](RowArgs& a) {
+      a.logits = w_.logits, a.aidx = w_.aidx, a.an = w_.an, a.act = p.a_out + (t * N + c0) * A, a.step = uint32_t(t);
+    });
+    // core: x3 = [in_h(h), in_z(z), in_a(a)] -> norms -> block-linear layers -> GRU gates -> h'
+    dense_only(p.in_h, h, D, int(D), w_.x3, H3, nullptr, 0, 0, 0, p.in_h.wb != nullptr);
+    dense_only(p.in_z, nullptr, 0, 0, w_.x3 + Hd, H3, z, S, int(S), int(C), false);
+    if (p.discrete) dense_only(p.in_a, nullptr, 0, 0, w_.x3 + 2 * Hd, H3, w_.aidx, 1, 1, int(A), false);
+    else dense_only(p.in_a, w_.an, A, int(A), w_.x3 + 2 * Hd, H3, nullptr, 0, 0, 0, false);
+    norm(w_.x3, H3, int(Hd), 3, Hd, {p.in_h.nw, p.in_z.nw, p.in_a.nw}, {p.in_h.nb, p.in_z.nb, p.in_a.nb});
+    const float* xin = nullptr;
+    float* dbuf[2] = {w_.da, w_.db};
+    for (int l = 0; l < p.dyn_layers; ++l) {
+      const BlockW& L = p.dyn[l];
+      block_layer<1>(L, xin, h, dbuf[l & 1], nullptr);
+      norm(dbuf[l & 1], D, int(D), 1, 0, {L.nw}, {L.nb});
+      xin = dbuf[l & 1];
+    }
+    block_layer<3>(p.gru, xin, h, hn, h);
+    // prior: h' -> MLP -> logits -> latents
+    const float* pin = hn;
+    int pw = int(D);
+    x = w_.xa, y = w_.xb;
+    for (int l = 0; l < p.prior_layers; ++l) {
+      dense(p.prior[l], pin, pw, pw, y, p.prior[l].out);
+      std::swap(x, y);
+      pin = x;
+      pw = p.prior[l].out;
+    }
+    dense(p.prior_out, pin, pw, pw, w_.logits, int(S * C));
+    rows(latents_kernel, [&](RowArgs& a) { a.logits = w_.logits, a.zn = zn, a.step = uint32_t(t); });
+  }
+
+  void launch_gemm(const Gemm& g, int groups, bool gru) {
+    const dim3 grid(unsigned((g.out + kPhaseCols - 1) / kPhaseCols), unsigned((g.n + kPhaseRows - 1) / kPhaseRows),
+                    unsigned(groups));
+    if (gru) DX_LAUNCH(gemm_kernel<3>, grid, dim3(kPhaseThreads), s_)(g);
+    else DX_LAUNCH(gemm_kernel<1>, grid, dim3(kPhaseThreads), s_)(g);
+    check_launch("rollout (phase)");
+  }
+
+  // Y = X @ W (+ gathers) + b, on tensor cores where the row-owned kernel's dense() uses them; then its norm.
+  void dense(const DenseW& L, const float* X, int64_t ldx, int K, float* Y, int64_t ldy, const int32_t* idx = nullptr,
+             int64_t ldi = 0, int S = 0, int C = 0) {
+    dense_only(L, X, ldx, K, Y, ldy, idx, ldi, S, C, L.wb != nullptr);
+    if (L.nw) norm(Y, ldy, L.out, 1, 0, {L.nw}, {L.nb});
+  }
+
+  void dense_only(const DenseW& L, const float* X, int64_t ldx, int K, float* Y, int64_t ldy, const int32_t* idx,
+                  int64_t ldi, int S, int C, bool mma) {
+    Gemm g{};
+    g.X = X, g.ldx = ldx, g.K = K, g.idx = idx, g.ldi = ldi, g.S = S, g.C = C;
+    g.wf = L.w, g.wb = reinterpret_cast<const uint32_t*>(L.wb), g.ldw = L.out;
+    g.bias = L.b, g.Y = Y, g.ldy = ldy, g.out = L.out, g.mma = mma, g.n = n_;
+    launch_gemm(g, 1, false);
+  }
+
+  // A block-linear layer (Q = 1) or the GRU gate layer (Q = 3, Y = h' from h): block i reads [h block i, x3] (the
+  // first layer) or block i of xin, and writes its columns (units) of Y.
+  template <int Q>
+  void block_layer(const BlockW& L, const float* xin, const float* h, float* Y, const float* hprev) {
+    const RolloutParams& p = p_;
+    const int g = p.blocks, ob = L.out / g, ib = L.in / g, hb = p.deter / g, units = ob / Q;
+    Gemm a{};
+    if (xin) a.X = xin, a.ldx = p.deter, a.K = ib, a.gx = ib;
+    else a.X = h, a.ldx = p.deter, a.K = hb, a.gx = hb, a.X2 = w_.x3, a.ldx2 = 3 * p.hidden, a.K2 = 3 * p.hidden;
+    a.wf = L.w, a.wb = reinterpret_cast<const uint32_t*>(L.wb), a.ldw = ob;
+    a.gw = L.wb ? int64_t((ib + 1) / 2) * ob : int64_t(ib) * ob;
+    a.bias = L.b, a.gb = ob, a.Y = Y, a.ldy = p.deter, a.gy = units, a.out = units, a.h = hprev;
+    a.mma = L.wb != nullptr && units % 8 == 0;
+    a.n = n_;
+    launch_gemm(a, g, Q == 3);
+  }
+
+  // norm + SiLU of `parts` row segments of O columns, ldp apart (norm weights and biases of each: nw, nb)
+  void norm(float* Y, int64_t ldy, int O, int parts, int64_t ldp, std::array<const float*, 3> nw,
+            std::array<const float*, 3> nb) {
+    rows(norm_kernel, [&](RowArgs& a) {
+      a.Y = Y, a.ldy = ldy, a.O = O, a.parts = parts, a.ldp = ldp;
+      for (int i = 0; i < 3; ++i) a.nw[i] = nw[i], a.nb[i] = nb[i];
+    });
+  }
+
+  template <typename Fill>
+  void rows(void (*kernel)(RowArgs), Fill fill) {
+    RowArgs a{};
+    a.p = p_, a.n = n_, a.row0 = row0_;
+    fill(a);
+    DX_LAUNCH(kernel, dim3(unsigned((n_ + kTile - 1) / kTile)), dim3(kThreads), s_)(a);
+    check_launch("rollout (row phase)");
+  }
+
+  const RolloutParams& p_;
+  cudaStream_t s_;
+  PhaseWork w_{};
+  int64_t n_ = 0, row0_ = 0;
+};
+
 unsigned rollout_grid(int64_t n) {
 #if defined(DX_EMU)
   if (const int g = g_grid_override.load()) return unsigned(g);
@@ -546,13 +884,26 @@ unsigned rollout_grid(int64_t n) {
 }  // namespace
 
 int64_t rollout_work_floats(const RolloutParams& p, bool acting) {
-  return p.n <= 0 ? 0 : int64_t(rollout_grid(p.n)) * block_floats(p, acting);
+  if (p.n <= 0) return 0;
+  if (!acting && use_phases(p)) {
+    int64_t f = 0;
+    phase_work(p, phase_chunk(p), &f);
+    return f;
+  }
+  return int64_t(rollout_grid(p.n)) * block_floats(p, acting);
 }
 
 #if defined(DX_EMU)
 void set_rollout_grid(int blocks) {
   if (blocks < 0 || blocks > 64) throw std::invalid_argument("set_rollout_grid: blocks must be in [0, 64]");
   g_grid_override.store(blocks);
+}
+
+void set_rollout_path(int path, int64_t chunk_rows) {
+  if (path < 0 || path > 2) throw std::invalid_argument("set_rollout_path: path must be 0 (choose), 1 (row-owned) or 2 (phases)");
+  if (chunk_rows < 0) throw std::invalid_argument("set_rollout_path: chunk_rows must be >= 0 (0: the default)");
+  g_path_override.store(path);
+  g_chunk_override.store(chunk_rows);
 }
 #endif
 
@@ -562,6 +913,10 @@ void rollout_fwd(const RolloutParams& p, const Exec& e) {
   if (p.ldh != p.deter || p.z_onehot)
     throw std::invalid_argument("rollout: the CUDA rollout writes h rows deter apart (no feat layout)");
   DeviceGuard guard(e);
+  if (use_phases(p)) {
+    Phases(p, stream_of(e)).run();
+    return;
+  }
   DX_LAUNCH(rollout_kernel, dim3(rollout_grid(p.n)), dim3(kThreads), stream_of(e))(p);
   check_launch("rollout");
 }
