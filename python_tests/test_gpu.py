@@ -150,6 +150,23 @@ def test_cuda_rollout_matches_the_pytorch_twin(case, bf16):
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_cuda_phase_kernels_are_bitwise_the_row_owned_kernel(bf16):
+    """At deter >= 1024 a rollout of 1024 rows takes the phase kernels and one of 1023 rows the row-owned kernel; the
+    first 1023 rows draw the same Philox numbers and are summed in the same order, so they agree bit for bit."""
+    from test_rollout import model, starts
+    agent, W = model(rssm={"deter": 1024, "blocks": 8, "hidden": 64}, actor={"units": 64})
+    st = starts(agent.wm.rssm, 1024)
+    h0, z0 = st["h"].cuda(), st["z"].argmax(-1).to(torch.int32).cuda()
+    weights = [None if w is None else w.cuda() for w in W.get(bf16)]
+    phases = ops.rollout(h0, z0, weights, W.dims(1024, 15, bf16), W.floats(), 13)
+    row = ops.rollout(h0[:1023], z0[:1023], weights, W.dims(1023, 15, bf16), W.floats(), 13)
+    assert all(torch.equal(x[:, :1023], y) for x, y in zip(phases, row))
+    with ops.use_backend("reference"):
+        hr, zr, _ = ops.rollout(h0, z0, weights, W.dims(1024, 15, bf16), W.floats(), 13)
+    assert (phases[1] == zr).float().mean() >= (0.99 if bf16 else 0.999)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_cuda_acting_step_matches_the_pytorch_twin(bf16):
     from dreamer_ext.fused_rollout import RolloutWeights
     from test_rollout import act_inputs, assert_acting_agrees, model
