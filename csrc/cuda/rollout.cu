@@ -255,11 +255,13 @@ DX_HD int actor_width(const RolloutParams& p) {
   return w;
 }
 
+DX_HD int64_t round32(int64_t f) { return (f + 31) / 32 * 32; }  // floats to 128-byte aligned slices
+
 DX_HD int64_t block_floats(const RolloutParams& p, bool acting) {
   const int64_t R = kTile, width = actor_width(p), SC = int64_t(p.stoch) * p.classes, AO = p.actor_out.out;
   int64_t f = 2 * R * width + R * 3 * p.hidden + 2 * R * p.deter + R * (SC > AO ? SC : AO) + R * p.act_dim + R;
   if (acting) f += R * (p.deter + p.act_dim + p.stoch);
-  return (f + 31) / 32 * 32;  // 128-byte aligned slices
+  return round32(f);
 }
 
 __device__ Work work_of(const RolloutParams& p, bool acting) {
@@ -669,18 +671,19 @@ struct RowArgs {
   int64_t n, row0;  // rows of this chunk, and its first row in the rollout (Philox rows)
   float* Y; int64_t ldy; int O, parts; int64_t ldp; const float *nw[3], *nb[3];  // norm + SiLU of row segments
   float* logits; int32_t* aidx; float* an; float* act; int32_t* zn; uint32_t step;  // sampling
+  __device__ int rows(int64_t b0) const { return int(n - b0 < kTile ? n - b0 : kTile); }  // of the tile at b0
 };
 
 __global__ void norm_kernel(RowArgs a) {
   const int64_t b0 = int64_t(blockIdx.x) * kTile;
-  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  const int R = a.rows(b0);
   norm_silu(R, a.Y + b0 * a.ldy, a.ldy, a.O, a.nw[0], a.nb[0], a.p.norm, a.parts, a.ldp, a.nw[1], a.nb[1], a.nw[2],
             a.nb[2]);
 }
 
 __global__ void actions_kernel(RowArgs a) {
   const int64_t b0 = int64_t(blockIdx.x) * kTile;
-  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  const int R = a.rows(b0);
   Work w{};
   w.logits = a.logits + b0 * a.p.actor_out.out;
   w.aidx = a.aidx + b0;
@@ -690,7 +693,7 @@ __global__ void actions_kernel(RowArgs a) {
 
 __global__ void latents_kernel(RowArgs a) {
   const int64_t b0 = int64_t(blockIdx.x) * kTile;
-  const int R = int(a.n - b0 < kTile ? a.n - b0 : kTile);
+  const int R = a.rows(b0);
   sample_latents(a.p, R, a.row0 + b0, a.step, a.logits + b0 * a.p.stoch * a.p.classes, a.zn + b0 * a.p.stoch);
 }
 
@@ -706,8 +709,6 @@ struct PhaseWork {
   float *xa, *xb, *x3, *da, *db, *logits, *an;
   int32_t* aidx;
 };
-
-DX_HD int64_t round32(int64_t f) { return (f + 31) / 32 * 32; }
 
 int64_t phase_chunk(const RolloutParams& p) {
 #if defined(DX_EMU)
