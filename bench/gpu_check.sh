@@ -25,6 +25,9 @@
 #   racecheck     only when a kernel in csrc/cuda uses __shared__ memory (otherwise there is nothing to race)
 #   bench         op benchmarks on the GPU at (15, 1024) and (15, 16384), eager references only
 #   bench_report  their ratio table (bench/report.py)
+#   rollout_bench the fused rollout, size12m bf16 at N = 1024 and 16384, against the PyTorch loop eager and
+#                 compiled into one CUDA graph, with the fraction of the bf16 tensor-core peak
+#                 (bench/rollout_gpu.py; on its own: python bench/rollout_gpu.py --device cuda)
 #   suite         the whole test suite, with whatever time is left
 # A failed build skips the steps after it. Exit status: 0 all steps passed; 1 a step failed or timed out;
 # 2 nothing failed but a step was skipped (time budget spent, or a tool missing).
@@ -60,7 +63,8 @@ skipped=0
 build_ok=1
 
 declare -A limit=([env]=30 [wheels]=60 [build]=240 [gpu_tests]=150 [stream_tests]=60 [memcheck]=150
-                  [synccheck]=90 [initcheck]=150 [racecheck]=90 [bench]=120 [bench_report]=30 [suite]=300)
+                  [synccheck]=90 [initcheck]=150 [racecheck]=90 [bench]=120 [bench_report]=30
+                  [rollout_bench]=240 [suite]=300)
 
 # kv SPEC KEY DEFAULT: the value of KEY in "k1=v1,k2=v2", else DEFAULT
 kv() {
@@ -193,6 +197,11 @@ if needs_build bench; then
     step bench_report "$py" bench/report.py "$out/ops_cuda.json" --out "$out/ops_cuda.md" \
       --command "bash bench/gpu_check.sh (pytest bench/test_ops_bench.py --bench-device cuda --no-compile)" &&
     [ -f "$out/ops_cuda.md" ] && { echo; cat "$out/ops_cuda.md"; echo; } >>"$report"
+fi
+
+if needs_build rollout_bench; then
+  step rollout_bench "$py" bench/rollout_gpu.py --device cuda --out "$out/rollout_cuda.md" &&
+    [ -f "$out/rollout_cuda.md" ] && { echo; cat "$out/rollout_cuda.md"; echo; } >>"$report"
 fi
 
 if [ "${GPU_CHECK_SUITE:-1}" != 0 ] && needs_build suite; then

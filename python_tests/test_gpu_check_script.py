@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 STEPS = ["env", "wheels", "build", "gpu_tests", "stream_tests", "memcheck", "synccheck", "initcheck", "racecheck",
-         "bench", "bench_report", "suite"]
+         "bench", "bench_report", "rollout_bench", "suite"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils timeout")
@@ -71,6 +71,7 @@ def test_each_step_stands_for_the_right_command(tmp_path):
     assert "--kernel-name" not in cmd["initcheck"]  # initcheck must see every kernel that initialises memory
     assert "--bench-device cuda" in cmd["bench"] and "T15xB1024" in cmd["bench"]
     assert "--out" in cmd["bench_report"]
+    assert "bench/rollout_gpu.py" in cmd["rollout_bench"] and "--device cuda" in cmd["rollout_bench"]
     for name in cmd:
         assert "[dry-run] would run:" in logs(out)[name]
 
