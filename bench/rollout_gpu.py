@@ -9,11 +9,11 @@ For each N: H = 15 steps from N start states, discrete actions (17), on the same
 - ``eager``: the model's own loop (``RSSM.imagine`` with the actor's sampler), under a bf16 autocast for bf16;
 - ``compiled``: the loop's step (actor, sample, core, prior, sample) through ``torch.compile(dynamic=False)`` and
   the whole 15-step loop captured in one CUDA graph, replayed per rollout (on a CPU: the compiled step, no graph).
-Times are medians of ``--iters`` calls (the eager loop: a quarter of them, at least one; CUDA events on a GPU). The table also gives the sample agreement of the
-kernel's actions with the eager loop's (same uniforms: only samples next to a rounding boundary may differ), the
-model's MACs per row and step (one-hot inputs counted as the rows they gather), the kernel's TFLOP/s, and that as
-a fraction of the device's dense bf16 tensor-core peak (H100 SXM / H200: 989 TFLOP/s, H100 PCIe: 756;
-``--peak-tflops`` for any other device).
+Times are medians of ``--iters`` calls (the eager loop: a quarter of them, at least one; CUDA events on a GPU). The
+table also gives the sample agreement of the kernel's actions with the eager loop's (same uniforms: only samples
+next to a rounding boundary may differ), the model's MACs per row and step (one-hot inputs counted as the rows they
+gather), the kernel's TFLOP/s, and that as a fraction of the device's dense bf16 tensor-core peak (H100 SXM / H200:
+989 TFLOP/s, H100 PCIe: 756; ``--peak-tflops`` for any other device).
 """
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ def table(ns, rows: list[dict], peak: float | None) -> str:
     dev = torch.cuda.get_device_name(0) if ns.device == "cuda" else "CPU"
     how = next((r["compiled_how"] for r in rows if "compiled_how" in r), "left out (--no-compile)")
     lines = [f"Fused rollout on {dev}, {ns.preset}, {ns.precision}, H = {H}, discrete actions ({A}); torch "
-             f"{torch.__version__}; median of {ns.iters} calls (eager: {max(1, ns.iters // 4)}); compiled: {how}; peak used: "
+             f"{torch.__version__}; median of {ns.iters} calls (eager: {max(1, ns.iters // 4)}); compiled: {how}; "
+             "peak used: "
              + (f"{peak:g} TFLOP/s (dense bf16)" if peak else "none (pass --peak-tflops)"), "",
              "| N | kernel | eager loop | compiled loop | eager / kernel | compiled / kernel | action agreement "
              "| MACs per row-step | kernel TFLOP/s | of peak |",
