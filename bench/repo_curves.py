@@ -8,6 +8,7 @@ so far, and the alarm counter. A last line summarises: beta's range, whether it 
 """
 import json
 import math
+import os
 import sys
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -80,6 +81,11 @@ def main(argv: list[str]) -> int:
         print(__doc__.split("\n\n")[0], file=sys.stderr)
         return 2
     curves = []
+    missing = [d for d in argv if not (os.path.isfile(f"{d}/config.json") and os.path.isfile(f"{d}/metrics.jsonl"))]
+    if missing:
+        print(f"logdir: expected run directories with config.json and metrics.jsonl, not {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
     for logdir in argv:
         with open(f"{logdir}/config.json") as f:
             cfg = json.load(f)

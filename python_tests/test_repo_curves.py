@@ -45,3 +45,10 @@ def test_plot_needs_a_png_name(tmp_path, capsys):
     assert curves.main(["--plot", str(tmp_path / "x.jpg"), str(tmp_path)]) == 2
     assert "--plot" in capsys.readouterr().err
     assert curves.main([]) == 2
+
+
+def test_a_missing_run_directory_is_named(tmp_path, capsys):
+    a = fake_run(tmp_path / "a", 0, [1e-3], [8.0])
+    assert curves.main([str(a), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "config.json" in err
