@@ -20,10 +20,6 @@ def rows(logdir: str) -> list[dict]:
         return [r for r in map(json.loads, f) if "train/repo/beta" in r]
 
 
-def _label(logdir: str, cfg: dict) -> str:
-    return f"{cfg['distractor']} seed {cfg['seed']}"
-
-
 def plot(path: str, runs: list[tuple[str, float, list[dict]]]) -> None:
     """runs: (label, eps, rows) -> a PNG of two panels: KL_bal per step and log10 beta against updates."""
     from PIL import Image, ImageDraw
@@ -71,9 +67,11 @@ def plot(path: str, runs: list[tuple[str, float, list[dict]]]) -> None:
 
 def main(argv: list[str]) -> int:
     out = None
-    if argv and argv[0].startswith("--plot"):
-        out, argv = (argv[0].split("=", 1)[1], argv[1:]) if "=" in argv[0] else (argv[1] if len(argv) > 1 else None,
-                                                                                  argv[2:])
+    if argv and argv[0].startswith("--plot="):
+        out, argv = argv[0][len("--plot="):], argv[1:]
+    elif argv and argv[0] == "--plot":
+        out, argv = (argv[1] if len(argv) > 1 else ""), argv[2:]
+    if out is not None:
         if not out or not out.endswith(".png"):
             print("--plot: expected a .png file name", file=sys.stderr)
             return 2
@@ -91,7 +89,7 @@ def main(argv: list[str]) -> int:
             cfg = json.load(f)
         rc = cfg["repo"]
         rs = rows(logdir)
-        curves.append((_label(logdir, cfg), float(rc["eps"]), rs))
+        curves.append((f"{cfg['distractor']} seed {cfg['seed']}", float(rc["eps"]), rs))
         print(f"{logdir}: distractor {cfg['distractor']}, eps {rc['eps']}, beta clamp [{rc['beta_min']}, {rc['beta_max']}]")
         print("step updates beta KL_bal KL_dyn KL_rep violation over_eps max_term skipped alarms")
         terms = ("train/loss/rew", "train/loss/con", "train/loss/kl", "train/loss/actor", "train/loss/critic",

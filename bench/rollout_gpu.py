@@ -39,7 +39,8 @@ PEAKS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4))  # dense bf16 T
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda", help="cuda or cpu (cpu: a functional check of this script)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cpu: a functional check of this script")
     p.add_argument("--preset", default="size12m")
     p.add_argument("--n", default="1024,16384", help="comma-separated numbers of start states")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
@@ -48,16 +49,12 @@ def parse(argv):
     p.add_argument("--no-compile", action="store_true", help="leave out the compiled loop")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     ns = p.parse_args(argv)
-    try:
-        ns.n = [int(x) for x in ns.n.split(",")]
-    except ValueError:
-        p.error(f"--n: expected comma-separated positive integers, got {ns.n!r}")
-    if not ns.n or min(ns.n) < 1:
-        p.error(f"--n: expected comma-separated positive integers, got {ns.n!r}")
+    raw = ns.n
+    ns.n = [int(x) for x in raw.split(",") if x.strip().isdigit()]
+    if len(ns.n) != len(raw.split(",")) or min(ns.n) < 1:
+        p.error(f"--n: expected comma-separated positive integers, got {raw!r}")
     if ns.iters < 1:
         p.error(f"--iters: expected >= 1, got {ns.iters}")
-    if ns.device not in ("cuda", "cpu"):
-        p.error(f"--device: expected cuda or cpu, got {ns.device!r}")
     if ns.device == "cuda" and not torch.cuda.is_available():
         p.error("--device=cuda: torch sees no CUDA device")
     return ns
